@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs eddy's whole test suite: unit tests, the sqllogictest files over the
+# Postgres protocol, durability (SIGKILL) tests and real clients (psql,
+# psycopg). Installs what the tests need when it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
+need_apt=()
+command -v psql >/dev/null || need_apt+=(postgresql-client)
+dpkg -s libclang-dev >/dev/null 2>&1 || need_apt+=(libclang-dev)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing: ${need_apt[*]}"
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+python3 -c "import psycopg" 2>/dev/null || python3 -m pip install -q "psycopg[binary]==3.3.9"
+# pgjdbc for the JDBC client test (Java 17 and Maven are on the machine).
+[ -f "$HOME/.m2/repository/org/postgresql/postgresql/42.7.14/postgresql-42.7.14.jar" ] ||
+  mvn -q dependency:get -Dartifact=org.postgresql:postgresql:42.7.14
+
+# Build output lives outside the clone so repeated runs reuse it.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/eddy/target}"
+cargo test --locked "$@"

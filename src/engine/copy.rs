@@ -1,0 +1,477 @@
+//! COPY: `COPY t [(cols)] FROM STDIN` and `COPY t | (SELECT ...) TO STDOUT`,
+//! in Postgres' text and CSV formats.
+//!
+//! COPY FROM parses the received bytes into text columns and lets Arrow's
+//! casts turn them into the table's types (a value that does not parse is
+//! 22P02 naming the line). The whole COPY is one durable write: all rows or
+//! none, as in Postgres. COPY TO formats result batches as text lines.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BinaryBuilder, RecordBatch, StringArray};
+use datafusion::arrow::compute::{cast_with_options, CastOptions};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::common::ParamValues;
+use datafusion::sql::sqlparser::ast::{
+    CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, CopyTarget, Ident, ObjectName,
+    Statement,
+};
+
+use super::{Engine, EngineError, EngineResult, Output, normalize_name};
+use crate::catalog::{SqlType, Table};
+
+/// Rows per batch handed to the writer.
+const COPY_BATCH_ROWS: usize = 65_536;
+
+#[derive(Debug, Clone)]
+pub struct CopyFormat {
+    pub csv: bool,
+    pub delimiter: char,
+    pub null: String,
+    pub header: bool,
+    pub quote: char,
+    pub escape: char,
+}
+
+impl CopyFormat {
+    fn text() -> Self {
+        Self { csv: false, delimiter: '\t', null: "\\N".into(), header: false, quote: '"', escape: '"' }
+    }
+
+    fn from_options(options: &[CopyOption], legacy: &[CopyLegacyOption]) -> EngineResult<Self> {
+        let mut f = Self::text();
+        let mut delimiter = None;
+        let mut null = None;
+        for o in options {
+            match o {
+                CopyOption::Format(name) => match name.value.to_lowercase().as_str() {
+                    "text" => f.csv = false,
+                    "csv" => f.csv = true,
+                    other => return Err(EngineError::Unsupported(format!("COPY format {other}"))),
+                },
+                CopyOption::Delimiter(c) => delimiter = Some(*c),
+                CopyOption::Null(s) => null = Some(s.clone()),
+                CopyOption::Header(h) => f.header = *h,
+                CopyOption::Quote(c) => f.quote = *c,
+                CopyOption::Escape(c) => f.escape = *c,
+                CopyOption::Encoding(e) if e.eq_ignore_ascii_case("utf8") || e.eq_ignore_ascii_case("utf-8") => {}
+                other => return Err(EngineError::Unsupported(format!("COPY option {other}"))),
+            }
+        }
+        for o in legacy {
+            match o {
+                CopyLegacyOption::Csv(csv_opts) => {
+                    f.csv = true;
+                    for c in csv_opts {
+                        match c {
+                            CopyLegacyCsvOption::Header => f.header = true,
+                            CopyLegacyCsvOption::Quote(q) => f.quote = *q,
+                            CopyLegacyCsvOption::Escape(e) => f.escape = *e,
+                            other => return Err(EngineError::Unsupported(format!("COPY option {other}"))),
+                        }
+                    }
+                }
+                CopyLegacyOption::Delimiter(c) => delimiter = Some(*c),
+                CopyLegacyOption::Null(s) => null = Some(s.clone()),
+                CopyLegacyOption::Header => f.header = true,
+                other => return Err(EngineError::Unsupported(format!("COPY option {other}"))),
+            }
+        }
+        if f.csv {
+            f.delimiter = delimiter.unwrap_or(',');
+            f.null = null.unwrap_or_default();
+        } else {
+            f.delimiter = delimiter.unwrap_or('\t');
+            f.null = null.unwrap_or_else(|| "\\N".into());
+        }
+        Ok(f)
+    }
+}
+
+/// A COPY FROM STDIN waiting for its data.
+pub struct CopyIn {
+    pub table: Arc<Table>,
+    /// Target column indexes, in the order fields appear in each line.
+    pub columns: Vec<usize>,
+    pub format: CopyFormat,
+}
+
+fn ident(i: &Ident) -> String {
+    if i.quote_style.is_some() { i.value.clone() } else { i.value.to_lowercase() }
+}
+
+pub async fn start(
+    engine: &Engine,
+    source: CopySource,
+    to: bool,
+    target: CopyTarget,
+    options: Vec<CopyOption>,
+    legacy: Vec<CopyLegacyOption>,
+) -> EngineResult<Output> {
+    let format = CopyFormat::from_options(&options, &legacy)?;
+    match (to, target) {
+        (false, CopyTarget::Stdin) => {
+            let CopySource::Table { table_name, columns } = source else {
+                return Err(EngineError::Unsupported("COPY (query) FROM".into()));
+            };
+            let table = lookup(engine, &table_name)?;
+            let columns = if columns.is_empty() {
+                (0..table.def.columns.len()).collect()
+            } else {
+                columns
+                    .iter()
+                    .map(|c| {
+                        let name = ident(c);
+                        table.def.column_index(&name).ok_or(EngineError::UndefinedColumn(name))
+                    })
+                    .collect::<EngineResult<Vec<_>>>()?
+            };
+            Ok(Output::CopyIn(CopyIn { table, columns, format }))
+        }
+        (true, CopyTarget::Stdout) => {
+            let query = match source {
+                CopySource::Query(q) => Statement::Query(q),
+                CopySource::Table { table_name, columns } => {
+                    let table = lookup(engine, &table_name)?;
+                    let cols = if columns.is_empty() {
+                        "*".to_string()
+                    } else {
+                        columns.iter().map(|c| format!("\"{}\"", ident(c))).collect::<Vec<_>>().join(", ")
+                    };
+                    let sql = format!("SELECT {cols} FROM \"{}\"", table.name());
+                    engine.parse(&sql)?.pop().ok_or_else(|| EngineError::Unsupported("COPY".into()))?
+                }
+            };
+            let Output::Rows { stream, .. } = engine.query(query, &ParamValues::List(vec![])).await? else {
+                return Err(EngineError::Unsupported("COPY of this query".into()));
+            };
+            Ok(Output::CopyOut { stream, format })
+        }
+        (_, CopyTarget::File { .. } | CopyTarget::Program { .. }) => Err(EngineError::user(
+            "42501",
+            "COPY to or from a file or program is not allowed; use STDIN/STDOUT (psql's \\copy)",
+        )),
+        _ => Err(EngineError::Unsupported("this form of COPY".into())),
+    }
+}
+
+fn lookup(engine: &Engine, name: &ObjectName) -> EngineResult<Arc<Table>> {
+    let name = normalize_name(name)?;
+    engine.catalog.get(&name).ok_or(EngineError::UndefinedTable(name))
+}
+
+/// Parses the COPY data and inserts it; returns the number of rows.
+pub async fn copy_in(engine: &Engine, copy: &CopyIn, data: &[u8]) -> EngineResult<u64> {
+    let text = std::str::from_utf8(data)
+        .map_err(|_| EngineError::user("22021", "invalid byte sequence for encoding \"UTF8\""))?;
+    let records = if copy.format.csv { parse_csv(text, &copy.format)? } else { parse_text(text, &copy.format)? };
+    let mut batches = Vec::new();
+    let skip = usize::from(copy.format.header);
+    let mut line_no = skip;
+    for chunk in records[skip.min(records.len())..].chunks(COPY_BATCH_ROWS) {
+        batches.push(to_batch(&copy.table, &copy.columns, chunk, line_no)?);
+        line_no += chunk.len();
+    }
+    super::dml::write_rows(engine, copy.table.clone(), batches, super::dml::Conflict::Error).await
+}
+
+type Record = Vec<Option<String>>;
+
+fn to_batch(table: &Table, columns: &[usize], records: &[Record], first_line: usize) -> EngineResult<RecordBatch> {
+    let ncols = table.def.columns.len();
+    for (i, r) in records.iter().enumerate() {
+        if r.len() != columns.len() {
+            return Err(EngineError::user(
+                "22P04",
+                format!(
+                    "COPY {}, line {}: expected {} columns, found {}",
+                    table.name(),
+                    first_line + i + 1,
+                    columns.len(),
+                    r.len()
+                ),
+            ));
+        }
+    }
+    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(ncols);
+    for (idx, col) in table.def.columns.iter().enumerate() {
+        let dt = table.schema.field(idx).data_type().clone();
+        let array: ArrayRef = match columns.iter().position(|&c| c == idx) {
+            None => datafusion::arrow::array::new_null_array(&dt, records.len()),
+            Some(pos) => {
+                let values: StringArray = records.iter().map(|r| r[pos].as_deref()).collect();
+                convert(&values, &col.sql_type, &dt).map_err(|e| {
+                    EngineError::user("22P02", format!("COPY {}, column {}: {e}", table.name(), col.name))
+                })?
+            }
+        };
+        arrays.push(array);
+    }
+    RecordBatch::try_new(table.schema.clone(), arrays).map_err(|e| EngineError::DataFusion(e.into()))
+}
+
+fn convert(values: &StringArray, sql_type: &SqlType, dt: &DataType) -> Result<ArrayRef, String> {
+    match sql_type {
+        SqlType::Bytea => {
+            let mut b = BinaryBuilder::new();
+            for v in values.iter() {
+                match v {
+                    None => b.append_null(),
+                    Some(s) => b.append_value(decode_bytea(s)?),
+                }
+            }
+            Ok(Arc::new(b.finish()))
+        }
+        SqlType::Boolean => {
+            let bools: datafusion::arrow::array::BooleanArray = values
+                .iter()
+                .map(|v| v.map(parse_bool).transpose())
+                .collect::<Result<_, _>>()?;
+            Ok(Arc::new(bools))
+        }
+        _ => {
+            let options = CastOptions { safe: false, ..Default::default() };
+            cast_with_options(values, dt, &options).map_err(|e| e.to_string())
+        }
+    }
+}
+
+pub fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "t" | "true" | "y" | "yes" | "on" | "1" => Ok(true),
+        "f" | "false" | "n" | "no" | "off" | "0" => Ok(false),
+        _ => Err(format!("invalid input syntax for type boolean: \"{s}\"")),
+    }
+}
+
+/// Postgres' bytea input: `\x` followed by hex digits, or raw text.
+pub fn decode_bytea(s: &str) -> Result<Vec<u8>, String> {
+    let Some(hex) = s.strip_prefix("\\x") else { return Ok(s.as_bytes().to_vec()) };
+    if hex.len() % 2 != 0 {
+        return Err(format!("invalid hexadecimal data: odd number of digits in \"{s}\""));
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| format!("invalid hexadecimal digit in \"{s}\"")))
+        .collect()
+}
+
+/// Postgres text format: one line per row, fields split by the delimiter,
+/// backslash escapes, `\N` for NULL, `\.` ends the data.
+fn parse_text(text: &str, f: &CopyFormat) -> EngineResult<Vec<Record>> {
+    let mut out = Vec::new();
+    for line in text.split('\n') {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line == "\\." {
+            break;
+        }
+        if line.is_empty() {
+            continue;
+        }
+        let mut record = Vec::new();
+        for raw in line.split(f.delimiter) {
+            if raw == f.null {
+                record.push(None);
+            } else {
+                record.push(Some(unescape(raw)));
+            }
+        }
+        out.push(record);
+    }
+    Ok(out)
+}
+
+fn unescape(raw: &str) -> String {
+    if !raw.contains('\\') {
+        return raw.to_string();
+    }
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('r') => out.push('\r'),
+            Some('b') => out.push('\u{8}'),
+            Some('f') => out.push('\u{c}'),
+            Some('v') => out.push('\u{b}'),
+            Some(other) => out.push(other),
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
+/// CSV: quoted fields may hold delimiters, quotes (doubled) and newlines;
+/// an unquoted empty field (or the NULL string) is NULL.
+fn parse_csv(text: &str, f: &CopyFormat) -> EngineResult<Vec<Record>> {
+    let mut out = Vec::new();
+    let mut record: Record = Vec::new();
+    let mut field = String::new();
+    let mut quoted = false;
+    let mut in_quotes = false;
+    let mut chars = text.chars().peekable();
+    let mut at_line_start = true;
+    let end_field = |field: &mut String, quoted: &mut bool, record: &mut Record| {
+        let value = std::mem::take(field);
+        if !*quoted && value == f.null {
+            record.push(None);
+        } else {
+            record.push(Some(value));
+        }
+        *quoted = false;
+    };
+    while let Some(c) = chars.next() {
+        if in_quotes {
+            if c == f.escape && chars.peek() == Some(&f.quote) && (f.escape != f.quote || true) {
+                if f.escape == f.quote {
+                    // doubled quote inside quotes
+                    chars.next();
+                    field.push(f.quote);
+                    continue;
+                }
+                chars.next();
+                field.push(f.quote);
+            } else if c == f.quote {
+                in_quotes = false;
+            } else {
+                field.push(c);
+            }
+            continue;
+        }
+        if at_line_start && c == '\\' && chars.peek() == Some(&'.') {
+            break; // end-of-data marker
+        }
+        at_line_start = false;
+        if c == f.quote {
+            in_quotes = true;
+            quoted = true;
+        } else if c == f.delimiter {
+            end_field(&mut field, &mut quoted, &mut record);
+        } else if c == '\n' || c == '\r' {
+            if c == '\r' && chars.peek() == Some(&'\n') {
+                chars.next();
+            }
+            end_field(&mut field, &mut quoted, &mut record);
+            out.push(std::mem::take(&mut record));
+            at_line_start = true;
+        } else {
+            field.push(c);
+        }
+    }
+    if in_quotes {
+        return Err(EngineError::user("22P04", "unterminated CSV quoted field"));
+    }
+    if !field.is_empty() || quoted || !record.is_empty() {
+        end_field(&mut field, &mut quoted, &mut record);
+        out.push(record);
+    }
+    Ok(out)
+}
+
+/// Formats a batch as COPY TO data: one line per row. With `header` (CSV
+/// HEADER, first batch only) the column names are prepended to the first
+/// line, so each message still carries one row and the row count is right.
+pub fn format_rows(batch: &RecordBatch, f: &CopyFormat, header: bool) -> EngineResult<Vec<Vec<u8>>> {
+    let options = FormatOptions::default()
+        .with_null("")
+        .with_timestamp_format(Some("%Y-%m-%d %H:%M:%S%.f"))
+        .with_timestamp_tz_format(Some("%Y-%m-%d %H:%M:%S%.f%:z"))
+        .with_datetime_format(Some("%Y-%m-%d %H:%M:%S%.f"));
+    let formatters = batch
+        .columns()
+        .iter()
+        .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| EngineError::DataFusion(e.into()))?;
+    let mut lines = Vec::with_capacity(batch.num_rows());
+    let mut cell = String::new();
+    for row in 0..batch.num_rows() {
+        let mut out = Vec::new();
+        if header && row == 0 {
+            let names: Vec<String> = batch.schema().fields().iter().map(|f| f.name().clone()).collect();
+            out.extend_from_slice(names.join(&f.delimiter.to_string()).as_bytes());
+            out.push(b'\n');
+        }
+        for (i, (col, fmt)) in batch.columns().iter().zip(&formatters).enumerate() {
+            if i > 0 {
+                out.extend_from_slice(f.delimiter.to_string().as_bytes());
+            }
+            if col.is_null(row) {
+                out.extend_from_slice(f.null.as_bytes());
+                continue;
+            }
+            cell.clear();
+            match col.data_type() {
+                DataType::Boolean => cell.push(if col.as_boolean().value(row) { 't' } else { 'f' }),
+                DataType::Binary => {
+                    cell.push_str("\\x");
+                    for b in col.as_binary::<i32>().value(row) {
+                        cell.push_str(&format!("{b:02x}"));
+                    }
+                }
+                _ => {
+                    use std::fmt::Write;
+                    let _ = write!(cell, "{}", fmt.value(row));
+                }
+            }
+            if f.csv {
+                let needs_quotes = cell.contains(f.delimiter)
+                    || cell.contains(f.quote)
+                    || cell.contains('\n')
+                    || cell.contains('\r')
+                    || cell.is_empty() && f.null.is_empty();
+                if needs_quotes {
+                    let doubled = cell.replace(f.quote, &format!("{}{}", f.escape, f.quote));
+                    out.extend_from_slice(format!("{}{}{}", f.quote, doubled, f.quote).as_bytes());
+                } else {
+                    out.extend_from_slice(cell.as_bytes());
+                }
+            } else {
+                for ch in cell.chars() {
+                    match ch {
+                        '\\' => out.extend_from_slice(b"\\\\"),
+                        '\n' => out.extend_from_slice(b"\\n"),
+                        '\r' => out.extend_from_slice(b"\\r"),
+                        '\t' => out.extend_from_slice(b"\\t"),
+                        c if c == f.delimiter => {
+                            out.push(b'\\');
+                            out.extend_from_slice(c.to_string().as_bytes());
+                        }
+                        c => {
+                            let mut buf = [0u8; 4];
+                            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                        }
+                    }
+                }
+            }
+        }
+        out.push(b'\n');
+        lines.push(out);
+    }
+    Ok(lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_quotes_and_nulls() {
+        let f = CopyFormat { csv: true, delimiter: ',', null: String::new(), header: false, quote: '"', escape: '"' };
+        let rows = parse_csv("1,\"a,b\",\n2,\"say \"\"hi\"\"\",\"\"\n", &f).expect("parses");
+        assert_eq!(rows[0], vec![Some("1".into()), Some("a,b".into()), None]);
+        assert_eq!(rows[1], vec![Some("2".into()), Some("say \"hi\"".into()), Some(String::new())]);
+    }
+
+    #[test]
+    fn text_escapes_and_end_marker() {
+        let rows = parse_text("1\ta\\tb\t\\N\n\\.\n9\tx\ty\n", &CopyFormat::text()).expect("parses");
+        assert_eq!(rows, vec![vec![Some("1".into()), Some("a\tb".into()), None]]);
+    }
+}

@@ -1,0 +1,276 @@
+//! `engine/`: executes statements. The one narrow interface between the
+//! protocol layer (`server/`) and everything below it.
+//!
+//! [`Engine::parse`] turns SQL text into statements, [`Engine::describe`]
+//! tells the extended protocol a statement's parameter and result types,
+//! and [`Engine::execute`] runs one statement and returns an [`Output`]:
+//! rows to stream, a command tag, or a COPY to carry out. A test drives an
+//! engine without any socket.
+
+pub mod copy;
+pub mod ddl;
+pub mod dml;
+pub mod error;
+pub mod pg;
+pub mod provider;
+pub mod session;
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider};
+use datafusion::common::ParamValues;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::{ObjectName, ObjectType, Statement};
+
+use crate::catalog::Catalog;
+use crate::state::Store;
+pub use copy::{CopyFormat, CopyIn};
+pub use error::{EngineError, EngineResult};
+pub use session::SessionVars;
+
+/// The database name clients connect to.
+pub const DATABASE: &str = "eddy";
+
+/// What executing one statement produced.
+pub enum Output {
+    /// A result set.
+    Rows { schema: SchemaRef, stream: SendableRecordBatchStream },
+    /// A command tag such as `CREATE TABLE` or `INSERT 0 3` (rows appended
+    /// by the server when present).
+    Command { tag: &'static str, rows: Option<u64> },
+    /// The client must now send COPY data; then call [`Engine::copy_in`].
+    CopyIn(CopyIn),
+    /// Rows to send as COPY data.
+    CopyOut { stream: SendableRecordBatchStream, format: CopyFormat },
+    /// A session variable changed; report it with ParameterStatus if set.
+    Set { report: Option<(String, String)> },
+    /// BEGIN, COMMIT, ROLLBACK.
+    Transaction(TransactionOp),
+    Empty,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransactionOp {
+    Begin,
+    Commit,
+    Rollback,
+}
+
+/// What the extended protocol needs to know at Parse/Describe.
+pub struct Description {
+    pub params: Vec<Option<DataType>>,
+    pub result: Option<SchemaRef>,
+}
+
+pub struct Engine {
+    pub store: Arc<Store>,
+    pub catalog: Arc<Catalog>,
+    pub ctx: SessionContext,
+    parser: datafusion_pg_catalog::sql::PostgresCompatibilityParser,
+}
+
+impl Engine {
+    pub fn new(store: Arc<Store>) -> EngineResult<Self> {
+        let catalog = Arc::new(Catalog::load(store.clone())?);
+        let config = SessionConfig::new()
+            .with_default_catalog_and_schema(DATABASE, provider::PUBLIC_SCHEMA)
+            .with_create_default_catalog_and_schema(false)
+            .with_information_schema(true);
+        let ctx = SessionContext::new_with_config(config);
+        let db_catalog = Arc::new(MemoryCatalogProvider::new());
+        db_catalog.register_schema(
+            provider::PUBLIC_SCHEMA,
+            Arc::new(provider::EddySchema::new(catalog.clone(), store.clone(), false)),
+        )?;
+        db_catalog.register_schema(
+            provider::DML_SCHEMA,
+            Arc::new(provider::EddySchema::new(catalog.clone(), store.clone(), true)),
+        )?;
+        ctx.register_catalog(DATABASE, db_catalog);
+        pg::install(&ctx, catalog.clone())?;
+        Ok(Self {
+            store,
+            catalog,
+            ctx,
+            parser: datafusion_pg_catalog::sql::PostgresCompatibilityParser::new(),
+        })
+    }
+
+    /// Parses SQL text (possibly several statements) into statements.
+    pub fn parse(&self, sql: &str) -> EngineResult<Vec<Statement>> {
+        self.parser.parse(sql).map_err(|e| {
+            // The compatibility parser drops token positions; the plain
+            // parser's error on the same text carries them.
+            use datafusion::sql::sqlparser::{dialect::PostgreSqlDialect, parser::Parser};
+            match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+                Err(located) => syntax_error(sql, located),
+                Ok(_) => syntax_error(sql, e),
+            }
+        })
+    }
+
+    /// Parameter and result types of a statement, for Parse and Describe.
+    pub async fn describe(&self, stmt: &Statement) -> EngineResult<Description> {
+        let plan = match stmt {
+            Statement::Query(_) | Statement::Explain { .. } => Some(self.plan(stmt.clone()).await?),
+            Statement::Insert(ins) => Some(dml::insert_plan(self, ins.clone()).await?.0),
+            Statement::Update(u) => Some(self.plan(dml::update_select(self, u)?).await?),
+            Statement::Delete(d) => Some(self.plan(dml::delete_select(self, d)?).await?),
+            Statement::ShowVariable { .. } | Statement::ShowTables { .. } => {
+                return Ok(Description { params: vec![], result: Some(session::show_schema(stmt)) });
+            }
+            _ => None,
+        };
+        let Some(plan) = plan else {
+            return Ok(Description { params: vec![], result: None });
+        };
+        let params = parameter_types(&plan)?;
+        let result = match (&plan, stmt) {
+            (_, Statement::Query(_) | Statement::Explain { .. }) => {
+                Some(Arc::new(plan.schema().as_arrow().clone()))
+            }
+            _ => None,
+        };
+        Ok(Description { params, result })
+    }
+
+    /// Runs one statement.
+    pub async fn execute(
+        &self,
+        vars: &mut SessionVars<'_>,
+        stmt: Statement,
+        params: &ParamValues,
+    ) -> EngineResult<Output> {
+        match stmt {
+            Statement::Query(_) | Statement::Explain { .. } => self.query(stmt, params).await,
+            Statement::CreateTable(ct) => ddl::create_table(self, ct).await,
+            Statement::Drop { object_type: ObjectType::Table, if_exists, names, .. } => {
+                ddl::drop_tables(self, names, if_exists).await
+            }
+            Statement::Insert(ins) => dml::insert(self, ins, params).await,
+            Statement::Update(u) => dml::update(self, u, params).await,
+            Statement::Delete(d) => dml::delete(self, d, params).await,
+            Statement::Copy { source, to, target, options, legacy_options, .. } => {
+                copy::start(self, source, to, target, options, legacy_options).await
+            }
+            Statement::ShowTables { .. } => session::show_tables(self),
+            Statement::StartTransaction { .. } => Ok(Output::Transaction(TransactionOp::Begin)),
+            Statement::Commit { .. } => Ok(Output::Transaction(TransactionOp::Commit)),
+            Statement::Rollback { .. } => Ok(Output::Transaction(TransactionOp::Rollback)),
+            Statement::Set(_) | Statement::ShowVariable { .. } | Statement::Reset(_) => {
+                vars.execute(stmt)
+            }
+            other => Err(EngineError::Unsupported(statement_kind(&other))),
+        }
+    }
+
+    /// Plans a query through DataFusion.
+    pub async fn plan(&self, stmt: Statement) -> EngineResult<LogicalPlan> {
+        let state = self.ctx.state();
+        Ok(state.statement_to_plan(DFStatement::Statement(Box::new(stmt))).await?)
+    }
+
+    async fn query(&self, stmt: Statement, params: &ParamValues) -> EngineResult<Output> {
+        let plan = self.plan(stmt).await?;
+        let plan = bind(plan, params)?;
+        let df = self.ctx.execute_logical_plan(plan).await?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let stream = df.execute_stream().await?;
+        Ok(Output::Rows { schema, stream })
+    }
+}
+
+/// Replaces `$n` placeholders with bound values (a no-op without any).
+pub fn bind(plan: LogicalPlan, params: &ParamValues) -> EngineResult<LogicalPlan> {
+    let empty = match params {
+        ParamValues::List(l) => l.is_empty(),
+        ParamValues::Map(m) => m.is_empty(),
+    };
+    if empty {
+        return Ok(plan);
+    }
+    Ok(plan.replace_params_with_values(params)?)
+}
+
+/// The types of `$1..$n` in order (None where DataFusion cannot infer).
+fn parameter_types(plan: &LogicalPlan) -> EngineResult<Vec<Option<DataType>>> {
+    let types = plan.get_parameter_types()?;
+    let mut ordered: Vec<(usize, Option<DataType>)> = types
+        .into_iter()
+        .filter_map(|(id, t)| id.trim_start_matches('$').parse::<usize>().ok().map(|n| (n, t)))
+        .collect();
+    ordered.sort_by_key(|(n, _)| *n);
+    let count = ordered.last().map(|(n, _)| *n).unwrap_or(0);
+    let mut out = vec![None; count];
+    for (n, t) in ordered {
+        if n >= 1 {
+            out[n - 1] = t;
+        }
+    }
+    Ok(out)
+}
+
+/// Lower-cases unquoted identifiers, as Postgres does.
+pub fn normalize_name(name: &ObjectName) -> EngineResult<String> {
+    let last = name
+        .0
+        .last()
+        .and_then(|part| part.as_ident())
+        .ok_or_else(|| EngineError::Unsupported(format!("object name {name}")))?;
+    if name.0.len() > 1 {
+        let schema = name.0[name.0.len() - 2].as_ident().map(|i| i.value.to_lowercase());
+        if schema.as_deref() != Some(provider::PUBLIC_SCHEMA) {
+            return Err(EngineError::Unsupported(format!("schema-qualified name {name}")));
+        }
+    }
+    Ok(match last.quote_style {
+        Some(_) => last.value.clone(),
+        None => last.value.to_lowercase(),
+    })
+}
+
+fn statement_kind(stmt: &Statement) -> String {
+    let text = stmt.to_string();
+    let words: Vec<&str> = text.split_whitespace().take(3).collect();
+    format!("statement {}", words.join(" "))
+}
+
+/// Builds a 42601 error with a 1-based character position from a parser
+/// message such as "Expected: ..., found: x at Line: 1, Column: 8".
+fn syntax_error(sql: &str, e: impl std::fmt::Display) -> EngineError {
+    let message = e.to_string();
+    let position = parse_line_col(&message).map(|(line, col)| {
+        let offset: usize = sql.split_inclusive('\n').take(line.saturating_sub(1)).map(|l| l.chars().count()).sum();
+        offset + col
+    });
+    let message = match message.find(" at Line:") {
+        Some(i) => message[..i].to_string(),
+        None => message,
+    };
+    let message = message.trim_start_matches("sql parser error: ").to_string();
+    EngineError::Syntax { message: format!("syntax error: {message}"), position }
+}
+
+fn parse_line_col(message: &str) -> Option<(usize, usize)> {
+    let rest = &message[message.find("Line: ")? + 6..];
+    let line: usize = rest.split(',').next()?.trim().parse().ok()?;
+    let col_part = &rest[rest.find("Column: ")? + 8..];
+    let col: usize = col_part.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()?;
+    Some((line, col))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syntax_error_position_is_one_based_offset() {
+        let e = syntax_error("SELECT 1;\nSELEC 2", "sql parser error: Expected: an SQL statement, found: SELEC at Line: 2, Column: 1");
+        assert_eq!(e.position(), Some(11));
+        assert_eq!(e.sqlstate(), "42601");
+    }
+}

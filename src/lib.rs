@@ -1,0 +1,13 @@
+//! eddy: a streaming SQL database that speaks the Postgres wire protocol.
+//!
+//! The modules follow the path of data (see `docs/architecture.md`):
+//! `server` (pgwire sessions) → `engine` (statement execution, the narrow
+//! interface the server uses) → `catalog` (durable definitions) → `state`
+//! (RocksDB: keys, rows, scans, the group-commit writer). `config` holds
+//! the typed configuration.
+
+pub mod catalog;
+pub mod config;
+pub mod engine;
+pub mod server;
+pub mod state;

@@ -1,0 +1,60 @@
+//! The `eddy` command line: `eddy [serve] [--listen ADDR] [--data-dir DIR]
+//! [--config FILE]`. Everything else lives in the library.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "eddy", version, about = "A streaming SQL database that speaks the Postgres wire protocol")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args, Clone, Default)]
+struct ServeArgs {
+    /// Address to listen on for Postgres clients [default: 127.0.0.1:5433]
+    #[arg(long, env = "EDDY_LISTEN")]
+    listen: Option<String>,
+    /// Data directory [default: ./eddy-data]
+    #[arg(long, env = "EDDY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// TOML configuration file
+    #[arg(long, env = "EDDY_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Serve(a)) => a,
+        None => cli.serve,
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EDDY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+
+    let mut config = eddy::config::Config::load(args.config.as_deref())?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let result = runtime.block_on(eddy::server::run(config));
+    // A query that is mid-computation cannot be interrupted; do not let it
+    // hold up the exit (every acknowledged write is already on disk).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    result?;
+    Ok(())
+}

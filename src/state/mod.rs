@@ -1,0 +1,131 @@
+//! `state/`: everything eddy keeps on disk, in one RocksDB instance.
+//!
+//! Owns the data directory (and its lock file), the key encoding
+//! ([`keys`]), the row codec ([`row`]), snapshot scans ([`scan`]) and the
+//! single writer that applies every mutation with group commit
+//! ([`writer`]). Invariant: a write is acknowledged only after the WAL
+//! holding it has been synced to disk.
+
+pub mod keys;
+pub mod row;
+pub mod scan;
+pub mod writer;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rocksdb::{DB, Options};
+
+pub use writer::{Txn, WriterHandle};
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("could not create data directory {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error(
+        "data directory {path} is in use by another eddy process; stop it or choose another --data-dir"
+    )]
+    Locked { path: PathBuf },
+    #[error("storage error: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(&'static str),
+    #[error("type {0} cannot be stored yet")]
+    UnsupportedType(String),
+    #[error("a primary key value is NULL")]
+    NullKey,
+    #[error("arrow error: {0}")]
+    Arrow(String),
+    #[error("the storage writer has stopped")]
+    WriterGone,
+    /// A write was refused by its own validation (unique or not-null
+    /// violation, a bad value): carries the SQLSTATE to report.
+    #[error("{message}")]
+    Rejected { sqlstate: &'static str, message: String },
+}
+
+impl StateError {
+    pub fn rejected(sqlstate: &'static str, message: impl Into<String>) -> Self {
+        Self::Rejected { sqlstate, message: message.into() }
+    }
+}
+
+pub type StateResult<T> = Result<T, StateError>;
+
+/// The open data directory: the RocksDB instance, its lock, its writer.
+pub struct Store {
+    db: Arc<DB>,
+    writer: WriterHandle,
+    _lock: File,
+}
+
+impl Store {
+    /// Opens (creating if needed) the data directory. Fails with
+    /// [`StateError::Locked`] if another process holds it.
+    pub fn open(data_dir: &Path, group_commit_max: usize) -> StateResult<Self> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|source| StateError::DataDir { path: data_dir.to_path_buf(), source })?;
+        let lock_path = data_dir.join("eddy.lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| StateError::DataDir { path: lock_path.clone(), source })?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StateError::Locked { path: data_dir.to_path_buf() });
+            }
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(StateError::DataDir { path: lock_path, source });
+            }
+        }
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        opts.increase_parallelism(2);
+        let db = Arc::new(DB::open(&opts, data_dir.join("db"))?);
+        let writer = writer::spawn(db.clone(), group_commit_max);
+        Ok(Self { db, writer, _lock: lock })
+    }
+
+    pub fn db(&self) -> &Arc<DB> {
+        &self.db
+    }
+
+    pub fn writer(&self) -> &WriterHandle {
+        &self.writer
+    }
+
+    /// Reads every value whose key starts with `prefix` (catalog loading).
+    pub fn scan_prefix(&self, prefix: &[u8]) -> StateResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        let mut it = self.db.raw_iterator();
+        it.seek(prefix);
+        while it.valid() {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else { break };
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
+    }
+
+    /// The last key under `prefix`, if any (used to resume row-id counters).
+    pub fn last_key_with_prefix(&self, prefix: &[u8]) -> StateResult<Option<Vec<u8>>> {
+        let mut it = self.db.raw_iterator();
+        it.seek_for_prev(keys::prefix_end(prefix));
+        let found = match it.key() {
+            Some(k) if k.starts_with(prefix) => Some(k.to_vec()),
+            _ => None,
+        };
+        it.status()?;
+        Ok(found)
+    }
+}

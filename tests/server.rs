@@ -1,0 +1,205 @@
+//! Protocol-level behaviour checked with tokio-postgres against a real
+//! server: COPY, parameters and type OIDs, EXPLAIN, the database name,
+//! cancellation, statement timeout, the data-directory lock and shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, TryStreamExt};
+use tokio_postgres::types::Type;
+
+#[tokio::test]
+async fn copy_from_stdin_text_and_csv_and_copy_to_stdout() {
+    let server = common::TestServer::start();
+    let client = server.connect().await;
+    client
+        .batch_execute("CREATE TABLE c (id INT PRIMARY KEY, name TEXT, amount NUMERIC(8,2), seen DATE, ok BOOLEAN)")
+        .await
+        .expect("create");
+
+    let sink = client.copy_in("COPY c FROM STDIN").await.expect("copy in");
+    futures::pin_mut!(sink);
+    sink.send(Bytes::from_static(b"1\tann\t10.50\t2024-01-01\tt\n2\t\\N\t\\N\t\\N\tf\n")).await.expect("send");
+    sink.send(Bytes::from_static(b"3\ttab\\there\t0\t2024-12-31\tt\n")).await.expect("send");
+    let n = sink.finish().await.expect("finish");
+    assert_eq!(n, 3);
+
+    let sink = client
+        .copy_in("COPY c (id, name, ok) FROM STDIN WITH (FORMAT csv, HEADER true)")
+        .await
+        .expect("copy csv");
+    futures::pin_mut!(sink);
+    sink.send(Bytes::from_static(b"id,name,ok\n4,\"a, \"\"quoted\"\" name\",true\n5,,false\n")).await.expect("send");
+    assert_eq!(sink.finish().await.expect("finish"), 2);
+
+    let rows = client.query("SELECT id, name, amount::text, ok FROM c ORDER BY id", &[]).await.expect("select");
+    let got: Vec<(i32, Option<String>, Option<String>, bool)> =
+        rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
+    assert_eq!(
+        got,
+        vec![
+            (1, Some("ann".into()), Some("10.50".into()), true),
+            (2, None, None, false),
+            (3, Some("tab\there".into()), Some("0.00".into()), true),
+            (4, Some("a, \"quoted\" name".into()), None, true),
+            (5, None, None, false),
+        ]
+    );
+
+    // A bad value fails the whole COPY and leaves the connection usable.
+    let sink = client.copy_in("COPY c FROM STDIN").await.expect("copy in");
+    futures::pin_mut!(sink);
+    sink.send(Bytes::from_static(b"6\tx\t1\t2024-01-01\tt\n7\ty\tnot-a-number\t2024-01-01\tt\n")).await.expect("send");
+    let err = sink.finish().await.expect_err("bad number");
+    assert_eq!(err.code().map(|c| c.code()), Some("22P02"), "{err:?}");
+    let count: i64 = client.query_one("SELECT count(*) FROM c", &[]).await.expect("count").get(0);
+    assert_eq!(count, 5);
+
+    let out = client.copy_out("COPY (SELECT id, name, ok FROM c WHERE id <= 2 ORDER BY id) TO STDOUT").await.expect("copy out");
+    let chunks: Vec<Bytes> = out.try_collect().await.expect("copy data");
+    let text: String = chunks.iter().map(|c| String::from_utf8_lossy(c).to_string()).collect();
+    assert_eq!(text, "1\tann\tt\n2\t\\N\tf\n");
+
+    let out = client.copy_out("COPY c (id, name) TO STDOUT WITH (FORMAT csv, HEADER true)").await.expect("copy out csv");
+    let chunks: Vec<Bytes> = out.try_collect().await.expect("copy data");
+    let text: String = chunks.iter().map(|c| String::from_utf8_lossy(c).to_string()).collect();
+    assert!(text.starts_with("id,name\n1,ann\n2,\n3,tab\there\n4,\"a, \"\"quoted\"\" name\"\n"), "{text}");
+}
+
+#[tokio::test]
+async fn parameters_and_type_oids() {
+    let server = common::TestServer::start();
+    let client = server.connect().await;
+    client
+        .batch_execute(
+            "CREATE TABLE p (id BIGINT PRIMARY KEY, name VARCHAR(10), score DOUBLE PRECISION, born DATE, at TIMESTAMPTZ, doc JSONB, blob BYTEA, n NUMERIC(6,2))",
+        )
+        .await
+        .expect("create");
+    let insert = client.prepare("INSERT INTO p (id, name, score) VALUES ($1, $2, $3)").await.expect("prepare");
+    assert_eq!(insert.params(), &[Type::INT8, Type::TEXT, Type::FLOAT8]);
+    for i in 0..5i64 {
+        let n = client.execute(&insert, &[&i, &format!("n{i}"), &(i as f64 * 1.5)]).await.expect("insert");
+        assert_eq!(n, 1);
+    }
+    let select = client.prepare("SELECT id, name, score, born, at, doc, blob, n FROM p WHERE id = $1").await.expect("prepare");
+    assert_eq!(select.params(), &[Type::INT8]);
+    let types: Vec<Type> = select.columns().iter().map(|c| c.type_().clone()).collect();
+    assert_eq!(
+        types,
+        vec![Type::INT8, Type::VARCHAR, Type::FLOAT8, Type::DATE, Type::TIMESTAMPTZ, Type::JSON, Type::BYTEA, Type::NUMERIC]
+    );
+    let row = client.query_one(&select, &[&3i64]).await.expect("select");
+    assert_eq!(row.get::<_, String>(1), "n3");
+    assert_eq!(row.get::<_, f64>(2), 4.5);
+
+    let update = client.prepare("UPDATE p SET score = score + $1 WHERE id >= $2").await.expect("prepare update");
+    assert_eq!(client.execute(&update, &[&1.0f64, &3i64]).await.expect("update"), 2);
+    let delete = client.prepare("DELETE FROM p WHERE name = $1").await.expect("prepare delete");
+    assert_eq!(client.execute(&delete, &[&"n0"]).await.expect("delete"), 1);
+    let sum: f64 = client.query_one("SELECT sum(score) FROM p", &[]).await.expect("sum").get(0);
+    assert_eq!(sum, 1.5 + 3.0 + 5.5 + 7.0);
+}
+
+#[tokio::test]
+async fn explain_shows_primary_key_range_scan() {
+    let server = common::TestServer::start();
+    let client = server.connect().await;
+    client.batch_execute("CREATE TABLE x (id INT PRIMARY KEY, v TEXT)").await.expect("create");
+    let rows = client.simple_query("EXPLAIN SELECT v FROM x WHERE id = 3").await.expect("explain");
+    let text: String = rows
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(1).map(str::to_string),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(text.contains("EddyScan: table=x, key_ranges=1"), "{text}");
+}
+
+#[tokio::test]
+async fn unknown_database_is_3d000() {
+    let server = common::TestServer::start();
+    let conn = format!("host=127.0.0.1 port={} user=eddy dbname=postgres", server.port);
+    let err = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await.err().expect("refused");
+    assert_eq!(err.code().map(|c| c.code()), Some("3D000"), "{err:?}");
+}
+
+#[tokio::test]
+async fn cancel_and_statement_timeout() {
+    let server = common::TestServer::start();
+    let client = server.connect().await;
+    client.batch_execute("CREATE TABLE big (n BIGINT)").await.expect("create");
+    client
+        .batch_execute("INSERT INTO big SELECT value FROM generate_series(1, 40000) AS g(value)")
+        .await
+        .expect("fill");
+    // A join of 8e8 rows: seconds of work (the answer is not awaited).
+    let slow = "SELECT count(*) FROM big a JOIN big b ON a.n % 2 = b.n % 2";
+
+    let token = client.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        token.cancel_query(tokio_postgres::NoTls).await
+    });
+    let err = client.simple_query(slow).await.expect_err("canceled");
+    assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{err:?}");
+    canceller.await.expect("join").expect("cancel sent");
+
+    client.batch_execute("SET statement_timeout = '300ms'").await.expect("set");
+    let err = client.simple_query(slow).await.expect_err("timed out");
+    assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{err:?}");
+    client.batch_execute("SET statement_timeout = 0").await.expect("reset");
+    let one: i64 = client.query_one("SELECT 1", &[]).await.expect("still usable").get(0);
+    assert_eq!(one, 1);
+}
+
+#[tokio::test]
+async fn second_process_on_same_data_dir_is_refused() {
+    let server = common::TestServer::start();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_eddy"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&server.data_dir)
+        .output()
+        .expect("run eddy");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("in use by another eddy process"), "{stderr}");
+    // The first server is unaffected.
+    let client = server.connect().await;
+    client.batch_execute("CREATE TABLE still_fine (a INT)").await.expect("works");
+}
+
+#[tokio::test]
+async fn sigterm_shuts_down_cleanly_and_data_survives() {
+    let mut server = common::TestServer::start();
+    {
+        let client = server.connect().await;
+        client.batch_execute("CREATE TABLE keep (a INT PRIMARY KEY); INSERT INTO keep VALUES (1), (2)").await.expect("write");
+    }
+    let status = server.terminate();
+    assert!(status.success(), "exit status {status}");
+    let server = common::TestServer::start_in(&server.data_dir.clone());
+    let client = server.connect().await;
+    let n: i64 = client.query_one("SELECT count(*) FROM keep", &[]).await.expect("count").get(0);
+    assert_eq!(n, 2);
+}
+
+#[tokio::test]
+async fn a_broken_connection_does_not_affect_others() {
+    use tokio::io::AsyncWriteExt;
+    let server = common::TestServer::start();
+    // Garbage instead of a startup packet, then a client that vanishes mid-query.
+    let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", server.port)).await.expect("connect");
+    raw.write_all(&[0, 0, 0, 8, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3]).await.expect("write");
+    drop(raw);
+    let client = server.connect().await;
+    let one: i64 = client.query_one("SELECT 1", &[]).await.expect("server still serves").get(0);
+    assert_eq!(one, 1);
+    let _ = client.simple_query("SELECT 2").await;
+    let rows = client.simple_query("SELECT 3").await.expect("select").into_iter().filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_))).count();
+    assert_eq!(rows, 1);
+}
