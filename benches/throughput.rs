@@ -17,7 +17,8 @@ use futures::SinkExt;
 
 const CLIENTS: usize = 4;
 
-struct Server(Child, u16, tempfile::TempDir);
+/// The server process, its port and (kept alive) its data directory.
+struct Server(Child, u16, #[allow(dead_code)] tempfile::TempDir);
 
 impl Drop for Server {
     fn drop(&mut self) {

@@ -203,3 +203,16 @@ async fn a_broken_connection_does_not_affect_others() {
     let rows = client.simple_query("SELECT 3").await.expect("select").into_iter().filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_))).count();
     assert_eq!(rows, 1);
 }
+
+#[tokio::test]
+async fn result_columns_are_named_like_postgres() {
+    let server = common::TestServer::start();
+    let client = server.connect().await;
+    client.batch_execute("CREATE TABLE n (id INT PRIMARY KEY, v TEXT)").await.expect("create");
+    let stmt = client
+        .prepare("SELECT id, count(*), 1 + 1, upper(v), v AS renamed, CAST('7' AS INT) FROM n GROUP BY id, v")
+        .await
+        .expect("prepare");
+    let names: Vec<&str> = stmt.columns().iter().map(|c| c.name()).collect();
+    assert_eq!(names, vec!["id", "count", "?column?", "upper", "renamed", "int4"]);
+}

@@ -11,6 +11,7 @@ pub mod copy;
 pub mod ddl;
 pub mod dml;
 pub mod error;
+pub mod names;
 pub mod pg;
 pub mod provider;
 pub mod session;
@@ -131,7 +132,7 @@ impl Engine {
         let params = parameter_types(&plan)?;
         let result = match (&plan, stmt) {
             (_, Statement::Query(_) | Statement::Explain { .. }) => {
-                Some(Arc::new(plan.schema().as_arrow().clone()))
+                Some(names::postgres_names(stmt, Arc::new(plan.schema().as_arrow().clone())))
             }
             _ => None,
         };
@@ -175,10 +176,10 @@ impl Engine {
     }
 
     async fn query(&self, stmt: Statement, params: &ParamValues) -> EngineResult<Output> {
-        let plan = self.plan(stmt).await?;
+        let plan = self.plan(stmt.clone()).await?;
         let plan = bind(plan, params)?;
         let df = self.ctx.execute_logical_plan(plan).await?;
-        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let schema = names::postgres_names(&stmt, Arc::new(df.schema().as_arrow().clone()));
         let stream = df.execute_stream().await?;
         Ok(Output::Rows { schema, stream })
     }
