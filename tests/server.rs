@@ -216,3 +216,60 @@ async fn result_columns_are_named_like_postgres() {
     let names: Vec<&str> = stmt.columns().iter().map(|c| c.name()).collect();
     assert_eq!(names, vec!["id", "count", "?column?", "upper", "renamed", "int4"]);
 }
+
+#[tokio::test]
+async fn syntax_errors_carry_a_position_and_stop_a_multi_statement_query() {
+    let server = common::TestServer::start();
+    let client = server.connect().await;
+    let err = client.simple_query("SELECT 1;\nSELEC 2").await.expect_err("syntax error");
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "42601");
+    match db.position() {
+        Some(tokio_postgres::error::ErrorPosition::Original(p)) => assert_eq!(*p, 11),
+        other => panic!("expected a position, got {other:?}"),
+    }
+    // Statements after a failing one in the same query string do not run.
+    client.batch_execute("CREATE TABLE m (a INT PRIMARY KEY)").await.expect("create");
+    let err = client
+        .batch_execute("INSERT INTO m VALUES (1); INSERT INTO m VALUES (1); INSERT INTO m VALUES (2)")
+        .await
+        .expect_err("duplicate key");
+    assert_eq!(err.code().map(|c| c.code()), Some("23505"));
+    let rows = client.query("SELECT a FROM m ORDER BY a", &[]).await.expect("select");
+    let got: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(got, vec![1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_updates_are_not_lost() {
+    let server = common::TestServer::start();
+    let setup = server.connect().await;
+    setup.batch_execute("CREATE TABLE counter (id INT PRIMARY KEY, n BIGINT); INSERT INTO counter VALUES (1, 0)").await.expect("setup");
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let conn = server.conn_str();
+        tasks.push(tokio::spawn(async move {
+            let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await.expect("connect");
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            let mut retries = 0;
+            for _ in 0..25 {
+                loop {
+                    match client.execute("UPDATE counter SET n = n + 1 WHERE id = 1", &[]).await {
+                        Ok(1) => break,
+                        Err(e) if e.code().map(|c| c.code()) == Some("40001") => retries += 1,
+                        other => panic!("unexpected update result: {other:?}"),
+                    }
+                }
+            }
+            retries
+        }));
+    }
+    let mut retries = 0;
+    for t in tasks {
+        retries += t.await.expect("task");
+    }
+    let n: i64 = setup.query_one("SELECT n FROM counter WHERE id = 1", &[]).await.expect("read").get(0);
+    assert_eq!(n, 100, "every increment counted ({retries} retries)");
+}

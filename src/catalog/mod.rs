@@ -187,7 +187,8 @@ impl Catalog {
             return if if_exists { Ok(false) } else { Err(CatalogError::NotFound(name.into())) };
         };
         let id = table.id();
-        self.store
+        let dropped = self
+            .store
             .writer()
             .write(true, move |txn| {
                 txn.delete(keys::meta_table_key(id));
@@ -195,7 +196,14 @@ impl Catalog {
                 txn.delete_range(prefix.clone(), keys::prefix_end(&prefix));
                 Ok(0)
             })
-            .await?;
+            .await;
+        if let Err(e) = dropped {
+            // Not dropped on disk: keep it visible.
+            if let Ok(mut tables) = self.tables.write() {
+                tables.insert(name.to_string(), table);
+            }
+            return Err(e.into());
+        }
         Ok(true)
     }
 }

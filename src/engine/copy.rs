@@ -248,67 +248,118 @@ pub fn parse_bool(s: &str) -> Result<bool, String> {
 /// Postgres' bytea input: `\x` followed by hex digits, or raw text.
 pub fn decode_bytea(s: &str) -> Result<Vec<u8>, String> {
     let Some(hex) = s.strip_prefix("\\x") else { return Ok(s.as_bytes().to_vec()) };
+    let hex = hex.as_bytes();
+    if !hex.iter().all(u8::is_ascii_hexdigit) {
+        return Err(format!("invalid hexadecimal digit in \"{s}\""));
+    }
     if hex.len() % 2 != 0 {
         return Err(format!("invalid hexadecimal data: odd number of digits in \"{s}\""));
     }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| format!("invalid hexadecimal digit in \"{s}\"")))
-        .collect()
+    let digit = |b: u8| match b {
+        b'0'..=b'9' => b - b'0',
+        b'a'..=b'f' => b - b'a' + 10,
+        _ => b - b'A' + 10,
+    };
+    Ok(hex.chunks(2).map(|p| digit(p[0]) << 4 | digit(p[1])).collect())
 }
 
 /// Postgres text format: one line per row, fields split by the delimiter,
-/// backslash escapes, `\N` for NULL, `\.` ends the data.
+/// backslash escapes (`\t`, `\n`, octal `\123`, hex `\x41`, `\<any>`), the
+/// NULL marker (`\N`) compared with the field as written, `\.` ends the
+/// data.
 fn parse_text(text: &str, f: &CopyFormat) -> EngineResult<Vec<Record>> {
-    let mut out = Vec::new();
-    for line in text.split('\n') {
+    let mut lines: Vec<&str> = text.split('\n').collect();
+    if lines.last() == Some(&"") {
+        lines.pop(); // the newline that ends the last line
+    }
+    let mut out = Vec::with_capacity(lines.len());
+    for line in lines {
         let line = line.strip_suffix('\r').unwrap_or(line);
         if line == "\\." {
             break;
         }
-        if line.is_empty() {
-            continue;
-        }
-        let mut record = Vec::new();
-        for raw in line.split(f.delimiter) {
-            if raw == f.null {
-                record.push(None);
-            } else {
-                record.push(Some(unescape(raw)));
-            }
-        }
-        out.push(record);
+        out.push(split_text_line(line, f));
     }
     Ok(out)
 }
 
-fn unescape(raw: &str) -> String {
-    if !raw.contains('\\') {
-        return raw.to_string();
-    }
-    let mut out = String::with_capacity(raw.len());
-    let mut chars = raw.chars().peekable();
+fn split_text_line(line: &str, f: &CopyFormat) -> Record {
+    let mut record = Vec::new();
+    let mut field = String::new();
+    let mut raw = String::new();
+    let mut chars = line.chars().peekable();
+    let finish = |field: &mut String, raw: &mut String, record: &mut Record| {
+        if *raw == f.null {
+            record.push(None);
+        } else {
+            record.push(Some(std::mem::take(field)));
+        }
+        field.clear();
+        raw.clear();
+    };
     while let Some(c) = chars.next() {
-        if c != '\\' {
-            out.push(c);
+        if c == f.delimiter {
+            finish(&mut field, &mut raw, &mut record);
             continue;
         }
-        match chars.next() {
-            Some('n') => out.push('\n'),
-            Some('t') => out.push('\t'),
-            Some('r') => out.push('\r'),
-            Some('b') => out.push('\u{8}'),
-            Some('f') => out.push('\u{c}'),
-            Some('v') => out.push('\u{b}'),
-            Some(other) => out.push(other),
-            None => out.push('\\'),
+        raw.push(c);
+        if c != '\\' {
+            field.push(c);
+            continue;
+        }
+        let Some(e) = chars.next() else {
+            field.push('\\');
+            break;
+        };
+        raw.push(e);
+        match e {
+            'b' => field.push('\u{8}'),
+            'f' => field.push('\u{c}'),
+            'n' => field.push('\n'),
+            'r' => field.push('\r'),
+            't' => field.push('\t'),
+            'v' => field.push('\u{b}'),
+            '0'..='7' => {
+                let mut v = e.to_digit(8).unwrap_or(0);
+                for _ in 0..2 {
+                    match chars.peek().and_then(|d| d.to_digit(8)) {
+                        Some(d) => {
+                            v = v * 8 + d;
+                            if let Some(d) = chars.next() {
+                                raw.push(d);
+                            }
+                        }
+                        None => break,
+                    }
+                }
+                field.push(char::from_u32(v & 0xFF).unwrap_or('\u{FFFD}'));
+            }
+            'x' if chars.peek().is_some_and(|d| d.is_ascii_hexdigit()) => {
+                let mut v = 0u32;
+                for _ in 0..2 {
+                    match chars.peek().and_then(|d| d.to_digit(16)) {
+                        Some(d) => {
+                            v = v * 16 + d;
+                            if let Some(d) = chars.next() {
+                                raw.push(d);
+                            }
+                        }
+                        None => break,
+                    }
+                }
+                field.push(char::from_u32(v).unwrap_or('\u{FFFD}'));
+            }
+            other => field.push(other),
         }
     }
-    out
+    finish(&mut field, &mut raw, &mut record);
+    record
 }
 
-/// CSV: quoted fields may hold delimiters, quotes (doubled) and newlines;
-/// an unquoted empty field (or the NULL string) is NULL.
+/// CSV: quoted fields may hold delimiters, quotes and newlines; inside
+/// quotes a doubled QUOTE, or ESCAPE before QUOTE or ESCAPE, is literal.
+/// An unquoted field equal to the NULL string (empty by default) is NULL.
+/// `\.` alone on a line ends the data.
 fn parse_csv(text: &str, f: &CopyFormat) -> EngineResult<Vec<Record>> {
     let mut out = Vec::new();
     let mut record: Record = Vec::new();
@@ -328,13 +379,11 @@ fn parse_csv(text: &str, f: &CopyFormat) -> EngineResult<Vec<Record>> {
     };
     while let Some(c) = chars.next() {
         if in_quotes {
-            if c == f.escape && chars.peek() == Some(&f.quote) && (f.escape != f.quote || true) {
-                if f.escape == f.quote {
-                    // doubled quote inside quotes
-                    chars.next();
-                    field.push(f.quote);
-                    continue;
-                }
+            let next = chars.peek().copied();
+            if f.escape != f.quote && c == f.escape && (next == Some(f.quote) || next == Some(f.escape)) {
+                chars.next();
+                field.push(next.unwrap_or(c));
+            } else if c == f.quote && next == Some(f.quote) && f.escape == f.quote {
                 chars.next();
                 field.push(f.quote);
             } else if c == f.quote {
@@ -344,8 +393,11 @@ fn parse_csv(text: &str, f: &CopyFormat) -> EngineResult<Vec<Record>> {
             }
             continue;
         }
-        if at_line_start && c == '\\' && chars.peek() == Some(&'.') {
-            break; // end-of-data marker
+        if at_line_start && c == '\\' {
+            let mut ahead = chars.clone();
+            if ahead.next() == Some('.') && matches!(ahead.next(), None | Some('\n') | Some('\r')) {
+                break; // end-of-data marker
+            }
         }
         at_line_start = false;
         if c == f.quote {
@@ -423,12 +475,22 @@ pub fn format_rows(batch: &RecordBatch, f: &CopyFormat, header: bool) -> EngineR
             if f.csv {
                 let needs_quotes = cell.contains(f.delimiter)
                     || cell.contains(f.quote)
+                    || cell.contains(f.escape)
                     || cell.contains('\n')
                     || cell.contains('\r')
-                    || cell.is_empty() && f.null.is_empty();
+                    || cell == f.null
+                    || cell == "\\.";
                 if needs_quotes {
-                    let doubled = cell.replace(f.quote, &format!("{}{}", f.escape, f.quote));
-                    out.extend_from_slice(format!("{}{}{}", f.quote, doubled, f.quote).as_bytes());
+                    let mut quoted = String::with_capacity(cell.len() + 2);
+                    quoted.push(f.quote);
+                    for ch in cell.chars() {
+                        if ch == f.quote || (ch == f.escape && f.escape != f.quote) {
+                            quoted.push(f.escape);
+                        }
+                        quoted.push(ch);
+                    }
+                    quoted.push(f.quote);
+                    out.extend_from_slice(quoted.as_bytes());
                 } else {
                     out.extend_from_slice(cell.as_bytes());
                 }
@@ -473,5 +535,22 @@ mod tests {
     fn text_escapes_and_end_marker() {
         let rows = parse_text("1\ta\\tb\t\\N\n\\.\n9\tx\ty\n", &CopyFormat::text()).expect("parses");
         assert_eq!(rows, vec![vec![Some("1".into()), Some("a\tb".into()), None]]);
+    }
+
+    #[test]
+    fn text_escaped_delimiter_octal_hex_and_empty_lines() {
+        let f = CopyFormat { delimiter: ',', ..CopyFormat::text() };
+        let rows = parse_text("a\\,b,\\101\\x42\n\n", &f).expect("parses");
+        assert_eq!(rows, vec![vec![Some("a,b".into()), Some("AB".into())], vec![Some(String::new())]]);
+    }
+
+    #[test]
+    fn csv_end_marker_must_be_alone() {
+        let f = CopyFormat { csv: true, delimiter: ',', null: String::new(), header: false, quote: '"', escape: '\\' };
+        let rows = parse_csv("\\.net,1\n\"C:\\\\x \\\"q\\\"\",2\n\\.\nlost,3\n", &f).expect("parses");
+        assert_eq!(rows, vec![
+            vec![Some("\\.net".into()), Some("1".into())],
+            vec![Some("C:\\x \"q\"".into()), Some("2".into())],
+        ]);
     }
 }

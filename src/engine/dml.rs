@@ -22,7 +22,7 @@ use datafusion::sql::sqlparser::ast::{
 };
 use futures::TryStreamExt;
 
-use super::provider::{DML_SCHEMA, KEY_COLUMN};
+use super::provider::{DML_SCHEMA, KEY_COLUMN, ROW_COLUMN};
 use super::{Engine, EngineError, EngineResult, Output, bind, normalize_name};
 use crate::catalog::{SqlType, Table};
 use crate::state::keys::{encode_key_value, table_prefix};
@@ -232,6 +232,7 @@ fn check_columns(table: &Table, input: &[ArrayRef]) -> StateResult<RecordBatch> 
             return Err(not_null(table, &col.name));
         }
         let array = match &col.sql_type {
+            SqlType::Real | SqlType::Double => positive_zero(&array)?,
             SqlType::Jsonb => normalize_json(&array)?,
             SqlType::Bytea => decode_hex_bytea(&array)?,
             SqlType::Varchar { max_len: Some(n) } => {
@@ -249,6 +250,20 @@ fn check_columns(table: &Table, input: &[ArrayRef]) -> StateResult<RecordBatch> 
         columns.push(array);
     }
     RecordBatch::try_new(table.schema.clone(), columns).map_err(|e| StateError::Arrow(e.to_string()))
+}
+
+/// Stores -0.0 as 0.0 (they are equal in SQL and share one key).
+fn positive_zero(array: &ArrayRef) -> StateResult<ArrayRef> {
+    use datafusion::arrow::datatypes::{Float32Type, Float64Type};
+    Ok(match array.data_type() {
+        DataType::Float64 => Arc::new(
+            array.as_primitive::<Float64Type>().unary::<_, Float64Type>(|v| if v == 0.0 { 0.0 } else { v }),
+        ),
+        DataType::Float32 => Arc::new(
+            array.as_primitive::<Float32Type>().unary::<_, Float32Type>(|v| if v == 0.0 { 0.0 } else { v }),
+        ),
+        _ => array.clone(),
+    })
 }
 
 fn check_batch(table: &Table, batch: &RecordBatch) -> StateResult<RecordBatch> {
@@ -396,13 +411,9 @@ pub async fn write_rows(
                                     let Some(cols) = u.apply(&table, &existing, batch, row)? else {
                                         continue;
                                     };
-                                    for (i, c) in table.def.columns.iter().enumerate() {
-                                        if !c.nullable && cols[i].is_null(0) {
-                                            return Err(not_null(&table, &c.name));
-                                        }
-                                    }
+                                    let checked = check_columns(&table, &cols)?;
                                     value.clear();
-                                    encode_row(&cols, 0, &mut value)?;
+                                    encode_row(checked.columns(), 0, &mut value)?;
                                     txn.put(key.clone(), value.clone());
                                     touched.insert(key);
                                     written += 1;
@@ -424,6 +435,16 @@ pub async fn write_rows(
         })
         .await?;
     Ok(n)
+}
+
+/// A row read by UPDATE or DELETE was changed by another statement before
+/// this one could write: Postgres' serialization failure, which clients
+/// retry.
+fn concurrent_update() -> StateError {
+    StateError::rejected(
+        "40001",
+        "could not serialize access due to concurrent update; retry the statement",
+    )
 }
 
 /// The target table and alias of an UPDATE or DELETE.
@@ -490,8 +511,9 @@ pub fn update_select(engine: &Engine, u: &Update) -> EngineResult<Statement> {
     };
     let selection = u.selection.as_ref().map(|w| format!(" WHERE {w}")).unwrap_or_default();
     let sql = format!(
-        "SELECT {}, {}.{KEY_COLUMN} FROM {DML_SCHEMA}.{} AS {}{from}{selection}",
+        "SELECT {}, {}.{KEY_COLUMN}, {}.{ROW_COLUMN} FROM {DML_SCHEMA}.{} AS {}{from}{selection}",
         items.join(", "),
+        quote(&alias),
         quote(&alias),
         quote(&table_name),
         quote(&alias),
@@ -526,7 +548,8 @@ pub fn delete_select(engine: &Engine, d: &Delete) -> EngineResult<Statement> {
     };
     let selection = d.selection.as_ref().map(|w| format!(" WHERE {w}")).unwrap_or_default();
     let sql = format!(
-        "SELECT DISTINCT {}.{KEY_COLUMN} FROM {DML_SCHEMA}.{} AS {}{using}{selection}",
+        "SELECT DISTINCT {}.{KEY_COLUMN}, {}.{ROW_COLUMN} FROM {DML_SCHEMA}.{} AS {}{using}{selection}",
+        quote(&alias),
         quote(&alias),
         quote(&table_name),
         quote(&alias),
@@ -551,15 +574,16 @@ pub async fn update(engine: &Engine, u: Update, params: &ParamValues) -> EngineR
     let batches = run_select(engine, select, params).await?;
     let ncols = table.def.columns.len();
     // Split each batch into the new row and the old key; cast and check.
-    let mut rows: Vec<(RecordBatch, ArrayRef)> = Vec::new();
+    let mut rows: Vec<(RecordBatch, ArrayRef, ArrayRef)> = Vec::new();
     for b in batches.into_iter().filter(|b| b.num_rows() > 0) {
         let keys = b.column(ncols).clone();
+        let old_rows = b.column(ncols + 1).clone();
         let cols: Vec<ArrayRef> = b.columns()[..ncols].to_vec();
         let mut coerced = Vec::with_capacity(ncols);
         for (i, c) in cols.into_iter().enumerate() {
             coerced.push(coerce(c, &table.schema.field(i).data_type().clone(), &table.def.columns[i].name)?);
         }
-        rows.push((check_columns(&table, &coerced)?, keys));
+        rows.push((check_columns(&table, &coerced)?, keys, old_rows));
     }
     if rows.is_empty() {
         return Ok(Output::Command { tag: "UPDATE", rows: Some(0) });
@@ -573,12 +597,20 @@ pub async fn update(engine: &Engine, u: Update, params: &ParamValues) -> EngineR
             let mut seen_old: HashSet<Vec<u8>> = HashSet::new();
             let mut pending: Vec<(Vec<u8>, &RecordBatch, usize)> = Vec::new();
             // Pass 1: remove every old row that still exists.
-            for (batch, keys) in &rows {
+            for (batch, keys, old_rows) in &rows {
                 let keys = keys.as_binary::<i32>();
+                let old_rows = old_rows.as_binary::<i32>();
                 for row in 0..batch.num_rows() {
                     let old = keys.value(row).to_vec();
-                    if !seen_old.insert(old.clone()) || txn.get(&old)?.is_none() {
-                        continue; // joined twice, or deleted concurrently
+                    if !seen_old.insert(old.clone()) {
+                        continue; // the same row joined twice (UPDATE ... FROM)
+                    }
+                    match txn.get(&old)? {
+                        None => continue, // deleted concurrently: nothing to update
+                        Some(current) if current != old_rows.value(row) => {
+                            return Err(concurrent_update());
+                        }
+                        Some(_) => {}
                     }
                     txn.delete(old.clone());
                     pending.push((old, batch, row));
@@ -613,7 +645,11 @@ pub async fn delete(engine: &Engine, d: Delete, params: &ParamValues) -> EngineR
         None => return Err(EngineError::Unsupported("DELETE without a table".into())),
     };
     let batches = run_select(engine, select, params).await?;
-    let keys: Vec<ArrayRef> = batches.iter().filter(|b| b.num_rows() > 0).map(|b| b.column(0).clone()).collect();
+    let keys: Vec<(ArrayRef, ArrayRef)> = batches
+        .iter()
+        .filter(|b| b.num_rows() > 0)
+        .map(|b| (b.column(0).clone(), b.column(1).clone()))
+        .collect();
     if keys.is_empty() {
         return Ok(Output::Command { tag: "DELETE", rows: Some(0) });
     }
@@ -623,12 +659,20 @@ pub async fn delete(engine: &Engine, d: Delete, params: &ParamValues) -> EngineR
         .write(false, move |txn| {
             check_exists(txn, &table)?;
             let mut n = 0u64;
-            for array in &keys {
-                let array = array.as_binary::<i32>();
-                for k in array.iter().flatten() {
-                    if txn.get(k)?.is_some() {
-                        txn.delete(k.to_vec());
-                        n += 1;
+            for (key_array, row_array) in &keys {
+                let key_array = key_array.as_binary::<i32>();
+                let row_array = row_array.as_binary::<i32>();
+                for i in 0..key_array.len() {
+                    let k = key_array.value(i);
+                    match txn.get(k)? {
+                        None => {} // already gone
+                        Some(current) if current != row_array.value(i) => {
+                            return Err(concurrent_update());
+                        }
+                        Some(_) => {
+                            txn.delete(k.to_vec());
+                            n += 1;
+                        }
                     }
                 }
             }

@@ -6,9 +6,10 @@
 //! filters are `Inexact`: DataFusion still applies them, so a range only has
 //! to be a superset of the matching rows.
 //!
-//! The hidden schema [`DML_SCHEMA`] shows the same tables with one more
-//! column, [`KEY_COLUMN`], holding each row's storage key; UPDATE and DELETE
-//! select from it to learn which rows to change.
+//! The hidden schema [`DML_SCHEMA`] shows the same tables with two more
+//! columns: [`KEY_COLUMN`], each row's storage key, and [`ROW_COLUMN`], its
+//! stored bytes; UPDATE and DELETE select from it to learn which rows to
+//! change and to detect a row changed by someone else in the meantime.
 
 use std::sync::Arc;
 
@@ -33,7 +34,7 @@ pub const PUBLIC_SCHEMA: &str = "public";
 /// The schema that exposes storage keys to UPDATE and DELETE.
 pub const DML_SCHEMA: &str = "eddy_internal";
 /// The name of the storage-key column in [`DML_SCHEMA`].
-pub const KEY_COLUMN: &str = "__eddy_key";
+pub use crate::state::scan::{KEY_COLUMN_NAME as KEY_COLUMN, ROW_COLUMN_NAME as ROW_COLUMN};
 
 const BATCH_ROWS: usize = 8192;
 /// More IN-list values than this scan the table instead.
@@ -109,6 +110,7 @@ impl EddyTable {
         let schema = if with_key {
             let mut fields = relaxed;
             fields.push(Field::new(KEY_COLUMN, DataType::Binary, false));
+            fields.push(Field::new(ROW_COLUMN, DataType::Binary, false));
             Arc::new(Schema::new(fields))
         } else {
             scan_schema.clone()
@@ -258,11 +260,14 @@ pub fn key_ranges(table: &Table, filters: &[Expr]) -> Vec<KeyRange> {
                         _ => continue,
                     };
                     let Some(enc) = encode_literal(lit, &data_type) else { continue };
+                    // Keys store -0.0 as 0.0 while Arrow orders -0.0 < 0.0:
+                    // keep float bounds inclusive so no matching row is cut.
+                    let strict = !matches!(data_type, DataType::Float32 | DataType::Float64);
                     match op {
                         Operator::Eq => points = Some(vec![enc]),
-                        Operator::Gt => lower = Some((enc, false)),
+                        Operator::Gt => lower = Some((enc, !strict)),
                         Operator::GtEq => lower = Some((enc, true)),
-                        Operator::Lt => upper = Some((enc, false)),
+                        Operator::Lt => upper = Some((enc, !strict)),
                         Operator::LtEq => upper = Some((enc, true)),
                         _ => {}
                     }

@@ -27,6 +27,9 @@ use super::row::RowDecoder;
 
 /// Name of the storage-key column of a `with_key` scan.
 pub const KEY_COLUMN_NAME: &str = "__eddy_key";
+/// Name of the column of a `with_key` scan that holds the row's stored
+/// bytes, so a writer can check that the row has not changed since.
+pub const ROW_COLUMN_NAME: &str = "__eddy_row";
 
 /// A key range `[from, to)`.
 pub type KeyRange = (Vec<u8>, Vec<u8>);
@@ -40,8 +43,8 @@ pub struct ScanExec {
     ranges: Vec<KeyRange>,
     limit: Option<usize>,
     batch_rows: usize,
-    /// Whether the table is exposed with its storage-key column appended
-    /// (projection indexes then count that column as the last one).
+    /// Whether the table is exposed with its storage key and stored row
+    /// bytes appended as two more columns (projection indexes count them).
     with_key: bool,
     props: Arc<PlanProperties>,
 }
@@ -61,6 +64,7 @@ impl ScanExec {
             let mut fields: Vec<Field> =
                 table_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
             fields.push(Field::new(KEY_COLUMN_NAME, DataType::Binary, false));
+            fields.push(Field::new(ROW_COLUMN_NAME, DataType::Binary, false));
             Arc::new(Schema::new(fields))
         } else {
             table_schema.clone()
@@ -133,11 +137,12 @@ impl ExecutionPlan for ScanExec {
         _context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         let ncols = self.table_schema.fields().len();
-        let all: Vec<usize> = (0..ncols + usize::from(self.with_key)).collect();
+        let all: Vec<usize> = (0..ncols + 2 * usize::from(self.with_key)).collect();
         let projection = self.projection.clone().unwrap_or(all);
-        // Table columns to decode, and where the key column goes (if asked).
+        // Table columns to decode, and where the key and row columns go.
         let table_proj: Vec<usize> = projection.iter().copied().filter(|&i| i < ncols).collect();
         let key_pos = projection.iter().position(|&i| i == ncols);
+        let row_pos = projection.iter().position(|&i| i == ncols + 1);
         let mut decoder = RowDecoder::new(self.table_schema.clone(), Some(&table_proj), self.batch_rows)
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         let schema = self.props.eq_properties.schema().clone();
@@ -151,16 +156,34 @@ impl ExecutionPlan for ScanExec {
             let snapshot = db.snapshot();
             let mut produced = 0usize;
             let mut key_builder = key_pos.map(|_| BinaryBuilder::new());
-            let flush = |decoder: &mut RowDecoder, keys: &mut Option<BinaryBuilder>| -> Result<RecordBatch> {
+            let mut row_builder = row_pos.map(|_| BinaryBuilder::new());
+            let flush = |decoder: &mut RowDecoder,
+                         keys: &mut Option<BinaryBuilder>,
+                         rows: &mut Option<BinaryBuilder>|
+             -> Result<RecordBatch> {
                 let batch = decoder.flush().map_err(|e| DataFusionError::External(Box::new(e)))?;
-                match (keys.as_mut(), key_pos) {
-                    (Some(kb), Some(pos)) => {
-                        let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
-                        columns.insert(pos, Arc::new(kb.finish()));
-                        Ok(RecordBatch::try_new(out_schema.clone(), columns)?)
-                    }
-                    _ => Ok(batch),
+                if key_pos.is_none() && row_pos.is_none() {
+                    return Ok(batch);
                 }
+                // Insert the extra columns in projection order.
+                let mut extra: Vec<(usize, ArrayRef)> = Vec::new();
+                if let (Some(kb), Some(pos)) = (keys.as_mut(), key_pos) {
+                    extra.push((pos, Arc::new(kb.finish())));
+                }
+                if let (Some(rb), Some(pos)) = (rows.as_mut(), row_pos) {
+                    extra.push((pos, Arc::new(rb.finish())));
+                }
+                extra.sort_by_key(|(pos, _)| *pos);
+                let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+                for (pos, col) in extra {
+                    columns.insert(pos, col);
+                }
+                Ok(RecordBatch::try_new_with_options(
+                    out_schema.clone(),
+                    columns,
+                    &datafusion::arrow::record_batch::RecordBatchOptions::new()
+                        .with_row_count(Some(batch.num_rows())),
+                )?)
             };
             let send = |batch: Result<RecordBatch>| tx.blocking_send(batch).is_ok();
             for (from, to) in ranges {
@@ -178,9 +201,12 @@ impl ExecutionPlan for ScanExec {
                     if let Some(kb) = key_builder.as_mut() {
                         kb.append_value(k);
                     }
+                    if let Some(rb) = row_builder.as_mut() {
+                        rb.append_value(v);
+                    }
                     produced += 1;
                     if decoder.len() >= batch_rows {
-                        let batch = flush(&mut decoder, &mut key_builder);
+                        let batch = flush(&mut decoder, &mut key_builder, &mut row_builder);
                         let failed = batch.is_err();
                         if !send(batch) || failed {
                             return;
@@ -194,7 +220,7 @@ impl ExecutionPlan for ScanExec {
                 }
             }
             if !decoder.is_empty() {
-                send(flush(&mut decoder, &mut key_builder));
+                send(flush(&mut decoder, &mut key_builder, &mut row_builder));
             }
         });
         let stream = futures::stream::unfold(rx, |mut rx| async move {

@@ -161,7 +161,11 @@ fn apply(db: &DB, group: &mut Group, req: Request, sync: &WriteOptions) {
         commit(db, std::mem::replace(group, Group::new()), sync);
     }
     let mut txn = Txn { db, group: &group.overlay, staged: HashMap::new(), ranges: Vec::new() };
-    let result = (req.work)(&mut txn);
+    // A panic in a closure (a bug, or in a function evaluated for
+    // ON CONFLICT) fails that statement only; the writer keeps running.
+    let work = req.work;
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&mut txn)))
+        .unwrap_or_else(|_| Err(StateError::rejected("XX000", "internal error while writing; the statement was not applied")));
     let Txn { staged, ranges, .. } = txn;
     match result {
         Ok(value) => {
