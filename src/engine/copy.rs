@@ -320,33 +320,11 @@ fn split_text_line(line: &str, f: &CopyFormat) -> Record {
             't' => field.push('\t'),
             'v' => field.push('\u{b}'),
             '0'..='7' => {
-                let mut v = e.to_digit(8).unwrap_or(0);
-                for _ in 0..2 {
-                    match chars.peek().and_then(|d| d.to_digit(8)) {
-                        Some(d) => {
-                            v = v * 8 + d;
-                            if let Some(d) = chars.next() {
-                                raw.push(d);
-                            }
-                        }
-                        None => break,
-                    }
-                }
+                let v = take_digits(&mut chars, &mut raw, 8, 2, e.to_digit(8).unwrap_or(0));
                 field.push(char::from_u32(v & 0xFF).unwrap_or('\u{FFFD}'));
             }
             'x' if chars.peek().is_some_and(|d| d.is_ascii_hexdigit()) => {
-                let mut v = 0u32;
-                for _ in 0..2 {
-                    match chars.peek().and_then(|d| d.to_digit(16)) {
-                        Some(d) => {
-                            v = v * 16 + d;
-                            if let Some(d) = chars.next() {
-                                raw.push(d);
-                            }
-                        }
-                        None => break,
-                    }
-                }
+                let v = take_digits(&mut chars, &mut raw, 16, 2, 0);
                 field.push(char::from_u32(v).unwrap_or('\u{FFFD}'));
             }
             other => field.push(other),
@@ -354,6 +332,26 @@ fn split_text_line(line: &str, f: &CopyFormat) -> Record {
     }
     finish(&mut field, &mut raw, &mut record);
     record
+}
+
+/// Reads up to `max` more digits of `radix` after `start`, keeping the
+/// raw text (for the NULL-marker comparison).
+fn take_digits(
+    chars: &mut std::iter::Peekable<std::str::Chars<'_>>,
+    raw: &mut String,
+    radix: u32,
+    max: usize,
+    start: u32,
+) -> u32 {
+    let mut v = start;
+    for _ in 0..max {
+        let Some(d) = chars.peek().and_then(|d| d.to_digit(radix)) else { break };
+        v = v * radix + d;
+        if let Some(c) = chars.next() {
+            raw.push(c);
+        }
+    }
+    v
 }
 
 /// CSV: quoted fields may hold delimiters, quotes and newlines; inside

@@ -447,6 +447,16 @@ fn concurrent_update() -> StateError {
     )
 }
 
+/// Whether the row at `key` is still the one the statement read: `false`
+/// if it is gone, 40001 if another statement changed it.
+fn still_current(txn: &Txn<'_>, key: &[u8], read: &[u8]) -> StateResult<bool> {
+    match txn.get(key)? {
+        None => Ok(false),
+        Some(current) if current != read => Err(concurrent_update()),
+        Some(_) => Ok(true),
+    }
+}
+
 /// The target table and alias of an UPDATE or DELETE.
 fn target(factor: &TableFactor) -> EngineResult<(String, String)> {
     match factor {
@@ -605,12 +615,8 @@ pub async fn update(engine: &Engine, u: Update, params: &ParamValues) -> EngineR
                     if !seen_old.insert(old.clone()) {
                         continue; // the same row joined twice (UPDATE ... FROM)
                     }
-                    match txn.get(&old)? {
-                        None => continue, // deleted concurrently: nothing to update
-                        Some(current) if current != old_rows.value(row) => {
-                            return Err(concurrent_update());
-                        }
-                        Some(_) => {}
+                    if !still_current(txn, &old, old_rows.value(row))? {
+                        continue; // deleted concurrently: nothing to update
                     }
                     txn.delete(old.clone());
                     pending.push((old, batch, row));
@@ -664,15 +670,9 @@ pub async fn delete(engine: &Engine, d: Delete, params: &ParamValues) -> EngineR
                 let row_array = row_array.as_binary::<i32>();
                 for i in 0..key_array.len() {
                     let k = key_array.value(i);
-                    match txn.get(k)? {
-                        None => {} // already gone
-                        Some(current) if current != row_array.value(i) => {
-                            return Err(concurrent_update());
-                        }
-                        Some(_) => {
-                            txn.delete(k.to_vec());
-                            n += 1;
-                        }
+                    if still_current(txn, k, row_array.value(i))? {
+                        txn.delete(k.to_vec());
+                        n += 1;
                     }
                 }
             }
