@@ -2,6 +2,7 @@
 //! Postgres protocol with tokio-postgres clients:
 //! * COPY FROM STDIN throughput with 4 concurrent clients (narrow rows);
 //! * multi-row INSERT throughput with 4 concurrent clients;
+//! * single-row INSERT throughput with 4 clients (group commit at work);
 //! * primary-key point SELECT latency (p50, p99) with a prepared statement;
 //! * full scan + GROUP BY rows per second.
 //!
@@ -124,6 +125,32 @@ async fn main() {
         t.await.expect("insert task");
     }
     println!("multi-row INSERT (1000 rows/statement), {CLIENTS} clients: {}", rate(per * CLIENTS, t.elapsed()));
+
+    // Single-row INSERTs from 4 clients for a fixed time: each is synced
+    // before it is acknowledged, so this measures group commit.
+    admin.batch_execute("CREATE TABLE single_t (id BIGINT PRIMARY KEY, v TEXT)").await.expect("create");
+    let window = Duration::from_secs(3);
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        tasks.push(tokio::spawn(async move {
+            let client = connect(port).await;
+            let stmt = client.prepare("INSERT INTO single_t VALUES ($1, $2)").await.expect("prepare");
+            let mut n = 0usize;
+            let start = Instant::now();
+            while start.elapsed() < window {
+                let id = ((c as i64) << 40) | n as i64;
+                client.execute(&stmt, &[&id, &"x"]).await.expect("insert");
+                n += 1;
+            }
+            n
+        }));
+    }
+    let mut single = 0;
+    for t in tasks {
+        single += t.await.expect("single insert task");
+    }
+    println!("single-row INSERT (each synced), {CLIENTS} clients: {}", rate(single, t.elapsed()));
 
     // Point SELECT latency.
     let stmt = admin.prepare("SELECT k, v FROM copy_t WHERE id = $1").await.expect("prepare");

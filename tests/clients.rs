@@ -31,6 +31,7 @@ fn psql_meta_commands_and_sql_file() {
 
     let d = psql(&server, &["-c", "\\d products"]);
     assert!(d.contains("id") && d.contains("name") && d.contains("price"), "\\d products:\n{d}");
+    assert!(d.contains("not null"), "\\d products shows NOT NULL:\n{d}");
 
     let l = psql(&server, &["-c", "\\l"]);
     assert!(l.contains("eddy"), "\\l:\n{l}");

@@ -17,12 +17,13 @@ use datafusion::common::{DFSchema, ParamValues};
 use datafusion::logical_expr::{LogicalPlan, WriteOp};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::sql::sqlparser::ast::{
-    AssignmentTarget, ConflictTarget, Delete, ExprWithAlias, FromTable, Insert, OnConflictAction,
+    AssignmentTarget, ConflictTarget, Delete, ExprWithAlias, FromTable, Ident, Insert, ObjectName,
+    OnConflictAction,
     OnInsert, Statement, TableFactor, TableObject, Update, UpdateTableFromKind,
 };
 use futures::TryStreamExt;
 
-use super::provider::{DML_SCHEMA, KEY_COLUMN, ROW_COLUMN};
+use super::provider::{DML_SCHEMA, INSERT_SCHEMA, KEY_COLUMN, ROW_COLUMN};
 use super::{Engine, EngineError, EngineResult, Output, bind, normalize_name};
 use crate::catalog::{SqlType, Table};
 use crate::state::keys::{encode_key_value, table_prefix};
@@ -60,6 +61,11 @@ pub async fn insert_plan(
         if engine.catalog.get(&table).is_none() {
             return Err(EngineError::UndefinedTable(table));
         }
+        // Plan against the all-nullable view of the table (see INSERT_SCHEMA).
+        ins.table = TableObject::TableName(ObjectName::from(vec![
+            Ident::new(INSERT_SCHEMA),
+            Ident::with_quote('"', table),
+        ]));
     }
     let plan = engine.plan(Statement::Insert(ins)).await?;
     Ok((plan, on, alias))

@@ -83,14 +83,16 @@ impl Engine {
             .with_information_schema(true);
         let ctx = SessionContext::new_with_config(config);
         let db_catalog = Arc::new(MemoryCatalogProvider::new());
-        db_catalog.register_schema(
-            provider::PUBLIC_SCHEMA,
-            Arc::new(provider::EddySchema::new(catalog.clone(), store.clone(), false)),
-        )?;
-        db_catalog.register_schema(
-            provider::DML_SCHEMA,
-            Arc::new(provider::EddySchema::new(catalog.clone(), store.clone(), true)),
-        )?;
+        for (name, view) in [
+            (provider::PUBLIC_SCHEMA, provider::View::Declared),
+            (provider::INSERT_SCHEMA, provider::View::Nullable),
+            (provider::DML_SCHEMA, provider::View::WithKey),
+        ] {
+            db_catalog.register_schema(
+                name,
+                Arc::new(provider::EddySchema::new(catalog.clone(), store.clone(), view)),
+            )?;
+        }
         ctx.register_catalog(DATABASE, db_catalog);
         pg::install(&ctx, catalog.clone())?;
         Ok(Self {

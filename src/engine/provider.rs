@@ -31,6 +31,10 @@ use crate::state::Store;
 
 /// The schema users see.
 pub const PUBLIC_SCHEMA: &str = "public";
+/// The schema INSERT plans against: the same tables with every column
+/// nullable, so that a NULL for a NOT NULL column reaches eddy's own check
+/// (23502 naming the column) instead of failing inside DataFusion.
+pub const INSERT_SCHEMA: &str = "eddy_insert";
 /// The schema that exposes storage keys to UPDATE and DELETE.
 pub const DML_SCHEMA: &str = "eddy_internal";
 /// The name of the storage-key column in [`DML_SCHEMA`].
@@ -40,16 +44,27 @@ const BATCH_ROWS: usize = 8192;
 /// More IN-list values than this scan the table instead.
 const MAX_POINT_RANGES: usize = 1024;
 
+/// How a schema shows eddy's tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    /// As declared (NOT NULL columns are non-nullable): `public`.
+    Declared,
+    /// Every column nullable: INSERT planning.
+    Nullable,
+    /// Nullable, plus the storage key and row bytes: UPDATE and DELETE.
+    WithKey,
+}
+
 #[derive(Debug)]
 pub struct EddySchema {
     catalog: Arc<Catalog>,
     store: Arc<Store>,
-    with_key: bool,
+    view: View,
 }
 
 impl EddySchema {
-    pub fn new(catalog: Arc<Catalog>, store: Arc<Store>, with_key: bool) -> Self {
-        Self { catalog, store, with_key }
+    pub fn new(catalog: Arc<Catalog>, store: Arc<Store>, view: View) -> Self {
+        Self { catalog, store, view }
     }
 }
 
@@ -68,7 +83,7 @@ impl std::fmt::Debug for Store {
 #[async_trait]
 impl SchemaProvider for EddySchema {
     fn table_names(&self) -> Vec<String> {
-        if self.with_key {
+        if self.view != View::Declared {
             return Vec::new(); // hidden from catalog listings
         }
         self.catalog.list().iter().map(|t| t.name().to_string()).collect()
@@ -76,7 +91,7 @@ impl SchemaProvider for EddySchema {
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
         Ok(self.catalog.get(name).map(|table| {
-            Arc::new(EddyTable::new(table, self.store.clone(), self.with_key))
+            Arc::new(EddyTable::new(table, self.store.clone(), self.view))
                 as Arc<dyn TableProvider>
         }))
     }
@@ -97,23 +112,27 @@ pub struct EddyTable {
 }
 
 impl EddyTable {
-    pub fn new(table: Arc<Table>, store: Arc<Store>, with_key: bool) -> Self {
-        // Columns are nullable as DataFusion sees them: eddy checks NOT NULL
-        // itself (23502 naming the column) when rows are written.
-        let relaxed: Vec<Field> = table
-            .schema
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone().with_nullable(true))
-            .collect();
-        let scan_schema = Arc::new(Schema::new(relaxed.clone()));
-        let schema = if with_key {
-            let mut fields = relaxed;
-            fields.push(Field::new(KEY_COLUMN, DataType::Binary, false));
-            fields.push(Field::new(ROW_COLUMN, DataType::Binary, false));
-            Arc::new(Schema::new(fields))
+    pub fn new(table: Arc<Table>, store: Arc<Store>, view: View) -> Self {
+        let with_key = view == View::WithKey;
+        let (scan_schema, schema) = if view == View::Declared {
+            (table.schema.clone(), table.schema.clone())
         } else {
-            scan_schema.clone()
+            let relaxed: Vec<Field> = table
+                .schema
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect();
+            let scan_schema = Arc::new(Schema::new(relaxed.clone()));
+            let schema = if with_key {
+                let mut fields = relaxed;
+                fields.push(Field::new(KEY_COLUMN, DataType::Binary, false));
+                fields.push(Field::new(ROW_COLUMN, DataType::Binary, false));
+                Arc::new(Schema::new(fields))
+            } else {
+                scan_schema.clone()
+            };
+            (scan_schema, schema)
         };
         Self { table, store, schema, scan_schema, with_key }
     }
