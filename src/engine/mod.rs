@@ -117,7 +117,10 @@ impl Engine {
     }
 
     /// Parameter and result types of a statement, for Parse and Describe.
-    pub async fn describe(&self, stmt: &Statement) -> EngineResult<Description> {
+    pub async fn describe(&self, stmt: &Statement, user: &str) -> EngineResult<Description> {
+        let mut bound = stmt.clone();
+        session::bind_user(&mut bound, user);
+        let stmt = &bound;
         let plan = match stmt {
             Statement::Query(_) | Statement::Explain { .. } => Some(self.plan(stmt.clone()).await?),
             Statement::Insert(ins) => Some(dml::insert_plan(self, ins.clone()).await?.0),
@@ -149,7 +152,11 @@ impl Engine {
         params: &ParamValues,
     ) -> EngineResult<Output> {
         match stmt {
-            Statement::Query(_) | Statement::Explain { .. } => self.query(stmt, params).await,
+            Statement::Query(_) | Statement::Explain { .. } => {
+                let mut stmt = stmt;
+                session::bind_user(&mut stmt, &vars.user());
+                self.query(stmt, params).await
+            }
             Statement::CreateTable(ct) => ddl::create_table(self, ct).await,
             Statement::Drop { object_type: ObjectType::Table, if_exists, names, .. } => {
                 ddl::drop_tables(self, names, if_exists).await

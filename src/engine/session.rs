@@ -100,6 +100,11 @@ impl<'a> SessionVars<'a> {
         Ok(known.2.then(|| (known.0.to_string(), known.1.to_string())))
     }
 
+    /// The user name the client connected with.
+    pub fn user(&self) -> String {
+        self.map.get("user").cloned().unwrap_or_else(|| "eddy".into())
+    }
+
     /// `statement_timeout` in milliseconds (0 = none).
     pub fn statement_timeout_ms(&self) -> u64 {
         self.get("statement_timeout").and_then(|v| v.parse().ok()).unwrap_or(0)
@@ -193,6 +198,46 @@ impl<'a> SessionVars<'a> {
             .map_err(|e| EngineError::DataFusion(e.into()))?;
         rows(schema, batch)
     }
+}
+
+/// Replaces `current_user`, `session_user` and `user` (which the
+/// compatibility parser turns into `session_user()` calls) with the
+/// connection's user name.
+pub fn bind_user(stmt: &mut Statement, user: &str) {
+    use datafusion::sql::sqlparser::ast::{
+        FunctionArguments, Ident, SelectItem, SetExpr, ValueWithSpan, visit_expressions_mut,
+    };
+    let is_user_fn = |e: &Expr| match e {
+        Expr::Function(f) => {
+            let name = f.name.to_string().to_ascii_lowercase();
+            let no_args = match &f.args {
+                FunctionArguments::None => true,
+                FunctionArguments::List(l) => l.args.is_empty(),
+                FunctionArguments::Subquery(_) => false,
+            };
+            no_args && matches!(name.as_str(), "session_user" | "current_user" | "user" | "current_role")
+        }
+        _ => false,
+    };
+    let literal = || Expr::Value(ValueWithSpan::from(Value::SingleQuotedString(user.to_string())));
+    // A bare `SELECT current_user` keeps Postgres' column name.
+    if let Statement::Query(q) = stmt {
+        if let SetExpr::Select(select) = q.body.as_mut() {
+            for item in &mut select.projection {
+                if let SelectItem::UnnamedExpr(e) = item {
+                    if is_user_fn(e) {
+                        *item = SelectItem::ExprWithAlias { expr: literal(), alias: Ident::new("current_user") };
+                    }
+                }
+            }
+        }
+    }
+    let _ = visit_expressions_mut(stmt, |e| {
+        if is_user_fn(e) {
+            *e = literal();
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
 }
 
 fn rows(schema: SchemaRef, batch: RecordBatch) -> EngineResult<Output> {

@@ -396,7 +396,7 @@ pub struct Parser {
 impl QueryParser for Parser {
     type Statement = Prepared;
 
-    async fn parse_sql<C>(&self, _client: &C, sql: &str, _types: &[Option<Type>]) -> PgWireResult<Option<Prepared>>
+    async fn parse_sql<C>(&self, client: &C, sql: &str, _types: &[Option<Type>]) -> PgWireResult<Option<Prepared>>
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
@@ -410,7 +410,8 @@ impl QueryParser for Parser {
         let Some(stmt) = statements.pop() else {
             return Ok(Some(Prepared { stmt: None, params: vec![], result: None }));
         };
-        let Description { params, result } = self.engine.describe(&stmt).await.map_err(pg_error)?;
+        let user = client.metadata().get("user").cloned().unwrap_or_default();
+        let Description { params, result } = self.engine.describe(&stmt, &user).await.map_err(pg_error)?;
         Ok(Some(Prepared { stmt: Some(stmt), params, result }))
     }
 
