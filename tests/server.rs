@@ -273,3 +273,19 @@ async fn concurrent_updates_are_not_lost() {
     let n: i64 = setup.query_one("SELECT n FROM counter WHERE id = 1", &[]).await.expect("read").get(0);
     assert_eq!(n, 100, "every increment counted ({retries} retries)");
 }
+
+#[tokio::test]
+async fn prepared_statements_see_tables_recreated_after_prepare() {
+    let server = common::TestServer::start();
+    let client = server.connect().await;
+    client.batch_execute("CREATE TABLE r (id INT PRIMARY KEY, v TEXT); INSERT INTO r VALUES (1, 'old')").await.expect("setup");
+    let stmt = client.prepare("SELECT v FROM r WHERE id = $1").await.expect("prepare");
+    let v: String = client.query_one(&stmt, &[&1i32]).await.expect("first").get(0);
+    assert_eq!(v, "old");
+    client.batch_execute("DROP TABLE r; CREATE TABLE r (id INT PRIMARY KEY, v TEXT); INSERT INTO r VALUES (1, 'new')").await.expect("recreate");
+    let v: String = client.query_one(&stmt, &[&1i32]).await.expect("after recreate").get(0);
+    assert_eq!(v, "new");
+    client.batch_execute("DROP TABLE r").await.expect("drop");
+    let err = client.query_one(&stmt, &[&1i32]).await.expect_err("table gone");
+    assert_eq!(err.code().map(|c| c.code()), Some("42P01"), "{err:?}");
+}

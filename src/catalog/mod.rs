@@ -93,6 +93,8 @@ pub struct Catalog {
     store: Arc<Store>,
     tables: RwLock<BTreeMap<String, Arc<Table>>>,
     next_id: AtomicU64,
+    /// Bumped by every CREATE and DROP; cached plans check it.
+    version: AtomicU64,
 }
 
 impl Catalog {
@@ -118,7 +120,17 @@ impl Catalog {
             };
             tables.insert(def.name.clone(), Arc::new(Table::new(def, next_row_id)));
         }
-        Ok(Self { store, tables: RwLock::new(tables), next_id: AtomicU64::new(max_id + 1) })
+        Ok(Self {
+            store,
+            tables: RwLock::new(tables),
+            next_id: AtomicU64::new(max_id + 1),
+            version: AtomicU64::new(0),
+        })
+    }
+
+    /// Changes whenever a table is created or dropped.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::SeqCst)
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Table>> {
@@ -159,6 +171,7 @@ impl Catalog {
                 false
             } else {
                 tables.insert(name.clone(), Arc::new(Table::new(def, next_row_id)));
+                self.version.fetch_add(1, Ordering::SeqCst);
                 true
             }
         };
@@ -186,6 +199,7 @@ impl Catalog {
         let Some(table) = table else {
             return if if_exists { Ok(false) } else { Err(CatalogError::NotFound(name.into())) };
         };
+        self.version.fetch_add(1, Ordering::SeqCst);
         let id = table.id();
         let dropped = self
             .store

@@ -65,6 +65,17 @@ pub enum TransactionOp {
 pub struct Description {
     pub params: Vec<Option<DataType>>,
     pub result: Option<SchemaRef>,
+    /// For a query: its plan (user bound), reusable by every Execute while
+    /// the catalog is unchanged.
+    pub plan: Option<PreparedPlan>,
+}
+
+/// A query planned at Parse time.
+#[derive(Clone)]
+pub struct PreparedPlan {
+    stmt: Statement,
+    plan: LogicalPlan,
+    catalog_version: u64,
 }
 
 pub struct Engine {
@@ -118,6 +129,7 @@ impl Engine {
 
     /// Parameter and result types of a statement, for Parse and Describe.
     pub async fn describe(&self, stmt: &Statement, user: &str) -> EngineResult<Description> {
+        let catalog_version = self.catalog.version();
         let mut bound = stmt.clone();
         session::bind_user(&mut bound, user);
         let stmt = &bound;
@@ -127,12 +139,16 @@ impl Engine {
             Statement::Update(u) => Some(self.plan(dml::update_select(self, u)?).await?),
             Statement::Delete(d) => Some(self.plan(dml::delete_select(self, d)?).await?),
             Statement::ShowVariable { .. } | Statement::ShowTables { .. } => {
-                return Ok(Description { params: vec![], result: Some(session::show_schema(stmt)) });
+                return Ok(Description {
+                    params: vec![],
+                    result: Some(session::show_schema(stmt)),
+                    plan: None,
+                });
             }
             _ => None,
         };
         let Some(plan) = plan else {
-            return Ok(Description { params: vec![], result: None });
+            return Ok(Description { params: vec![], result: None, plan: None });
         };
         let params = parameter_types(&plan)?;
         let result = match (&plan, stmt) {
@@ -141,7 +157,29 @@ impl Engine {
             }
             _ => None,
         };
-        Ok(Description { params, result })
+        let prepared = matches!(stmt, Statement::Query(_)).then(|| PreparedPlan {
+            stmt: stmt.clone(),
+            plan: plan.clone(),
+            catalog_version,
+        });
+        Ok(Description { params, result, plan: prepared })
+    }
+
+    /// Runs a statement prepared by the extended protocol, reusing its plan
+    /// when no table was created or dropped since it was made.
+    pub async fn execute_prepared(
+        &self,
+        vars: &mut SessionVars<'_>,
+        stmt: Statement,
+        prepared: Option<&PreparedPlan>,
+        params: &ParamValues,
+    ) -> EngineResult<Output> {
+        match prepared {
+            Some(p) if p.catalog_version == self.catalog.version() => {
+                self.run_plan(&p.stmt, p.plan.clone(), params).await
+            }
+            _ => self.execute(vars, stmt, params).await,
+        }
     }
 
     /// Runs one statement.
@@ -186,9 +224,13 @@ impl Engine {
 
     async fn query(&self, stmt: Statement, params: &ParamValues) -> EngineResult<Output> {
         let plan = self.plan(stmt.clone()).await?;
+        self.run_plan(&stmt, plan, params).await
+    }
+
+    async fn run_plan(&self, stmt: &Statement, plan: LogicalPlan, params: &ParamValues) -> EngineResult<Output> {
         let plan = bind(plan, params)?;
         let df = self.ctx.execute_logical_plan(plan).await?;
-        let schema = names::postgres_names(&stmt, Arc::new(df.schema().as_arrow().clone()));
+        let schema = names::postgres_names(stmt, Arc::new(df.schema().as_arrow().clone()));
         let stream = df.execute_stream().await?;
         Ok(Output::Rows { schema, stream })
     }

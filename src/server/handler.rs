@@ -44,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::startup::QueryCancel;
 use crate::catalog::types::SQL_TYPE_METADATA;
-use crate::engine::{CopyIn, Description, Engine, EngineError, Output, SessionVars, TransactionOp};
+use crate::engine::{CopyIn, Description, Engine, EngineError, Output, PreparedPlan, SessionVars, TransactionOp};
 
 /// Largest COPY FROM STDIN accepted in one statement.
 const MAX_COPY_BYTES: usize = 1 << 30;
@@ -53,6 +53,7 @@ const MAX_COPY_BYTES: usize = 1 << 30;
 #[derive(Clone)]
 pub struct Prepared {
     stmt: Option<Statement>,
+    plan: Option<PreparedPlan>,
     params: Vec<Option<DataType>>,
     result: Option<SchemaRef>,
 }
@@ -265,6 +266,7 @@ impl Handler {
         &self,
         client: &mut C,
         stmt: Statement,
+        prepared: Option<&PreparedPlan>,
         params: &ParamValues,
         format: &Format,
         collect_all: bool,
@@ -288,7 +290,7 @@ impl Handler {
             .then(|| tokio::time::Instant::now() + Duration::from_millis(timeout_ms));
         let output = {
             let mut vars = SessionVars::new(client.metadata_mut());
-            let work = self.engine.execute(&mut vars, stmt, params);
+            let work = self.engine.execute_prepared(&mut vars, stmt, prepared, params);
             let timeout = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d).await,
@@ -375,7 +377,7 @@ impl SimpleQueryHandler for Handler {
         let many = statements.len() > 1;
         let mut responses = Vec::with_capacity(statements.len());
         for stmt in statements {
-            match self.run(client, stmt, &ParamValues::List(vec![]), &Format::UnifiedText, many).await {
+            match self.run(client, stmt, None, &ParamValues::List(vec![]), &Format::UnifiedText, many).await {
                 Ok(r) => responses.push(r),
                 Err(e) => {
                     // An error ends a multi-statement query, as in Postgres.
@@ -408,11 +410,12 @@ impl QueryParser for Parser {
             )));
         }
         let Some(stmt) = statements.pop() else {
-            return Ok(Some(Prepared { stmt: None, params: vec![], result: None }));
+            return Ok(Some(Prepared { stmt: None, plan: None, params: vec![], result: None }));
         };
         let user = client.metadata().get("user").cloned().unwrap_or_default();
-        let Description { params, result } = self.engine.describe(&stmt, &user).await.map_err(pg_error)?;
-        Ok(Some(Prepared { stmt: Some(stmt), params, result }))
+        let Description { params, result, plan } =
+            self.engine.describe(&stmt, &user).await.map_err(pg_error)?;
+        Ok(Some(Prepared { stmt: Some(stmt), plan, params, result }))
     }
 
     fn get_parameter_types(&self, stmt: &Prepared) -> PgWireResult<Vec<Type>> {
@@ -479,7 +482,9 @@ impl ExtendedQueryHandler for Handler {
         };
         let refs: Vec<Option<&DataType>> = prepared.params.iter().map(Option::as_ref).collect();
         let params = arrow_pg::datatypes::df::deserialize_parameters(portal, &refs)?;
-        self.run(client, stmt, &params, &portal.result_column_format, true).await.map_err(pg_error)
+        self.run(client, stmt, prepared.plan.as_ref(), &params, &portal.result_column_format, true)
+            .await
+            .map_err(pg_error)
     }
 }
 
