@@ -375,6 +375,22 @@ fn check_exists(txn: &Txn<'_>, table: &Table) -> StateResult<()> {
     }
 }
 
+/// Runs `work` on the storage writer after checking that `table` was not
+/// dropped since the statement was planned; resolves once durable.
+async fn write_table<F>(engine: &Engine, table: Arc<Table>, work: F) -> EngineResult<u64>
+where
+    F: FnOnce(&mut Txn<'_>, &Table) -> StateResult<u64> + Send + 'static,
+{
+    Ok(engine
+        .store
+        .writer()
+        .write(false, move |txn| {
+            check_exists(txn, &table)?;
+            work(txn, &table)
+        })
+        .await?)
+}
+
 /// Inserts rows (already in the table's column order) durably.
 pub async fn write_rows(
     engine: &Engine,
@@ -390,22 +406,18 @@ pub async fn write_rows(
     if batches.is_empty() {
         return Ok(0);
     }
-    let n = engine
-        .store
-        .writer()
-        .write(false, move |txn| {
-            check_exists(txn, &table)?;
+    write_table(engine, table, move |txn, table| {
             let has_pk = !table.def.primary_key.is_empty();
             let mut written = 0u64;
             let mut touched: HashSet<Vec<u8>> = HashSet::new();
             let mut value = Vec::new();
             for batch in &batches {
                 for row in 0..batch.num_rows() {
-                    let key = row_key(&table, batch, row)?;
+                    let key = row_key(table, batch, row)?;
                     if has_pk {
                         if let Some(existing) = txn.get(&key)? {
                             match &conflict {
-                                Conflict::Error => return Err(duplicate_key(&table, batch, row)),
+                                Conflict::Error => return Err(duplicate_key(table, batch, row)),
                                 Conflict::Nothing => continue,
                                 Conflict::Update(u) => {
                                     if touched.contains(&key) {
@@ -414,10 +426,10 @@ pub async fn write_rows(
                                             "ON CONFLICT DO UPDATE command cannot affect row a second time",
                                         ));
                                     }
-                                    let Some(cols) = u.apply(&table, &existing, batch, row)? else {
+                                    let Some(cols) = u.apply(table, &existing, batch, row)? else {
                                         continue;
                                     };
-                                    let checked = check_columns(&table, &cols)?;
+                                    let checked = check_columns(table, &cols)?;
                                     value.clear();
                                     encode_row(checked.columns(), 0, &mut value)?;
                                     txn.put(key.clone(), value.clone());
@@ -439,8 +451,7 @@ pub async fn write_rows(
             }
             Ok(written)
         })
-        .await?;
-    Ok(n)
+        .await
 }
 
 /// A row read by UPDATE or DELETE was changed by another statement before
@@ -604,11 +615,7 @@ pub async fn update(engine: &Engine, u: Update, params: &ParamValues) -> EngineR
     if rows.is_empty() {
         return Ok(Output::Command { tag: "UPDATE", rows: Some(0) });
     }
-    let n = engine
-        .store
-        .writer()
-        .write(false, move |txn| {
-            check_exists(txn, &table)?;
+    let n = write_table(engine, table, move |txn, table| {
             let has_pk = !table.def.primary_key.is_empty();
             let mut seen_old: HashSet<Vec<u8>> = HashSet::new();
             let mut pending: Vec<(Vec<u8>, &RecordBatch, usize)> = Vec::new();
@@ -633,9 +640,9 @@ pub async fn update(engine: &Engine, u: Update, params: &ParamValues) -> EngineR
             // `SET id = id + 1` works whatever the scan order).
             let mut value = Vec::new();
             for (old, batch, row) in &pending {
-                let key = if has_pk { row_key(&table, batch, *row)? } else { old.clone() };
+                let key = if has_pk { row_key(table, batch, *row)? } else { old.clone() };
                 if has_pk && txn.get(&key)?.is_some() {
-                    return Err(duplicate_key(&table, batch, *row));
+                    return Err(duplicate_key(table, batch, *row));
                 }
                 value.clear();
                 encode_row(batch.columns(), *row, &mut value)?;
@@ -665,11 +672,7 @@ pub async fn delete(engine: &Engine, d: Delete, params: &ParamValues) -> EngineR
     if keys.is_empty() {
         return Ok(Output::Command { tag: "DELETE", rows: Some(0) });
     }
-    let n = engine
-        .store
-        .writer()
-        .write(false, move |txn| {
-            check_exists(txn, &table)?;
+    let n = write_table(engine, table, move |txn, _table| {
             let mut n = 0u64;
             for (key_array, row_array) in &keys {
                 let key_array = key_array.as_binary::<i32>();

@@ -26,7 +26,7 @@ use datafusion::physical_plan::ExecutionPlan;
 
 use crate::catalog::{Catalog, Table};
 use crate::state::keys::{self, encode_key_value, prefix_end};
-use crate::state::scan::{KeyRange, ScanExec};
+use crate::state::scan::{KeyRange, ScanExec, ScanSpec};
 use crate::state::Store;
 
 /// The schema users see.
@@ -178,13 +178,15 @@ impl TableProvider for EddyTable {
         let limit = if filters.is_empty() { limit } else { None };
         Ok(Arc::new(ScanExec::try_new(
             self.store.db().clone(),
-            self.table.name().to_string(),
-            self.scan_schema.clone(),
-            projection.cloned(),
-            ranges,
-            limit,
-            BATCH_ROWS,
-            self.with_key,
+            ScanSpec {
+                table_name: self.table.name().to_string(),
+                table_schema: self.scan_schema.clone(),
+                projection: projection.cloned(),
+                ranges,
+                limit,
+                batch_rows: BATCH_ROWS,
+                with_key: self.with_key,
+            },
         )?))
     }
 }

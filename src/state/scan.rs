@@ -34,6 +34,23 @@ pub const ROW_COLUMN_NAME: &str = "__eddy_row";
 /// A key range `[from, to)`.
 pub type KeyRange = (Vec<u8>, Vec<u8>);
 
+/// What to scan: a table's rows in some key ranges.
+#[derive(Debug, Clone)]
+pub struct ScanSpec {
+    pub table_name: String,
+    /// The table's columns, in stored order.
+    pub table_schema: SchemaRef,
+    /// Output columns (indexes; with `with_key`, the key and the row bytes
+    /// are the two indexes after the table's columns).
+    pub projection: Option<Vec<usize>>,
+    pub ranges: Vec<KeyRange>,
+    pub limit: Option<usize>,
+    pub batch_rows: usize,
+    /// Whether the storage key and stored row bytes are available as two
+    /// more columns.
+    pub with_key: bool,
+}
+
 #[derive(Debug)]
 pub struct ScanExec {
     db: Arc<DB>,
@@ -43,23 +60,13 @@ pub struct ScanExec {
     ranges: Vec<KeyRange>,
     limit: Option<usize>,
     batch_rows: usize,
-    /// Whether the table is exposed with its storage key and stored row
-    /// bytes appended as two more columns (projection indexes count them).
     with_key: bool,
     props: Arc<PlanProperties>,
 }
 
 impl ScanExec {
-    pub fn try_new(
-        db: Arc<DB>,
-        table_name: String,
-        table_schema: SchemaRef,
-        projection: Option<Vec<usize>>,
-        ranges: Vec<KeyRange>,
-        limit: Option<usize>,
-        batch_rows: usize,
-        with_key: bool,
-    ) -> Result<Self> {
+    pub fn try_new(db: Arc<DB>, spec: ScanSpec) -> Result<Self> {
+        let ScanSpec { table_name, table_schema, projection, ranges, limit, batch_rows, with_key } = spec;
         let full_schema = if with_key {
             let mut fields: Vec<Field> =
                 table_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
