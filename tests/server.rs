@@ -280,11 +280,19 @@ async fn prepared_statements_see_tables_recreated_after_prepare() {
     let client = server.connect().await;
     client.batch_execute("CREATE TABLE r (id INT PRIMARY KEY, v TEXT); INSERT INTO r VALUES (1, 'old')").await.expect("setup");
     let stmt = client.prepare("SELECT v FROM r WHERE id = $1").await.expect("prepare");
+    let insert = client.prepare("INSERT INTO r VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET v = EXCLUDED.v").await.expect("prepare insert");
     let v: String = client.query_one(&stmt, &[&1i32]).await.expect("first").get(0);
     assert_eq!(v, "old");
     client.batch_execute("DROP TABLE r; CREATE TABLE r (id INT PRIMARY KEY, v TEXT); INSERT INTO r VALUES (1, 'new')").await.expect("recreate");
     let v: String = client.query_one(&stmt, &[&1i32]).await.expect("after recreate").get(0);
     assert_eq!(v, "new");
+    for (id, v) in [(2, "two"), (2, "deux"), (3, "three")] {
+        assert_eq!(client.execute(&insert, &[&id, &v]).await.expect("prepared insert"), 1);
+    }
+    let n: i64 = client.query_one("SELECT count(*) FROM r", &[]).await.expect("count").get(0);
+    assert_eq!(n, 3);
+    let v: String = client.query_one(&stmt, &[&2i32]).await.expect("upserted").get(0);
+    assert_eq!(v, "deux");
     client.batch_execute("DROP TABLE r").await.expect("drop");
     let err = client.query_one(&stmt, &[&1i32]).await.expect_err("table gone");
     assert_eq!(err.code().map(|c| c.code()), Some("42P01"), "{err:?}");

@@ -73,6 +73,27 @@ pub async fn insert_plan(
 
 pub async fn insert(engine: &Engine, ins: Insert, params: &ParamValues) -> EngineResult<Output> {
     let (plan, on, alias) = insert_plan(engine, ins).await?;
+    insert_planned(engine, plan, on, alias, params).await
+}
+
+/// An INSERT whose plan was made at Parse time (extended protocol).
+pub async fn insert_prepared(
+    engine: &Engine,
+    ins: &Insert,
+    plan: LogicalPlan,
+    params: &ParamValues,
+) -> EngineResult<Output> {
+    let alias = ins.table_alias.as_ref().map(|a| a.alias.value.to_lowercase());
+    insert_planned(engine, plan, ins.on.clone(), alias, params).await
+}
+
+async fn insert_planned(
+    engine: &Engine,
+    plan: LogicalPlan,
+    on: Option<OnInsert>,
+    alias: Option<String>,
+    params: &ParamValues,
+) -> EngineResult<Output> {
     let plan = bind(plan, params)?;
     let LogicalPlan::Dml(dml) = plan else {
         return Err(EngineError::Unsupported("this form of INSERT".into()));

@@ -65,8 +65,8 @@ pub enum TransactionOp {
 pub struct Description {
     pub params: Vec<Option<DataType>>,
     pub result: Option<SchemaRef>,
-    /// For a query: its plan (user bound), reusable by every Execute while
-    /// the catalog is unchanged.
+    /// For a query or an INSERT: its plan (user bound), reusable by every
+    /// Execute while the catalog is unchanged.
     pub plan: Option<PreparedPlan>,
 }
 
@@ -157,7 +157,7 @@ impl Engine {
             }
             _ => None,
         };
-        let prepared = matches!(stmt, Statement::Query(_)).then(|| PreparedPlan {
+        let prepared = matches!(stmt, Statement::Query(_) | Statement::Insert(_)).then(|| PreparedPlan {
             stmt: stmt.clone(),
             plan: plan.clone(),
             catalog_version,
@@ -175,9 +175,10 @@ impl Engine {
         params: &ParamValues,
     ) -> EngineResult<Output> {
         match prepared {
-            Some(p) if p.catalog_version == self.catalog.version() => {
-                self.run_plan(&p.stmt, p.plan.clone(), params).await
-            }
+            Some(p) if p.catalog_version == self.catalog.version() => match &p.stmt {
+                Statement::Insert(ins) => dml::insert_prepared(self, ins, p.plan.clone(), params).await,
+                _ => self.run_plan(&p.stmt, p.plan.clone(), params).await,
+            },
             _ => self.execute(vars, stmt, params).await,
         }
     }
