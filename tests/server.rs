@@ -249,10 +249,7 @@ async fn concurrent_updates_are_not_lost() {
     for _ in 0..4 {
         let conn = server.conn_str();
         tasks.push(tokio::spawn(async move {
-            let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await.expect("connect");
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
+            let client = common::connect(&conn).await;
             let mut retries = 0;
             for _ in 0..25 {
                 loop {

@@ -55,7 +55,8 @@ pub async fn insert_plan(
         return Err(EngineError::Unsupported("INSERT ... RETURNING".into()));
     }
     let on = ins.on.take();
-    let alias = ins.table_alias.take().map(|a| a.alias.value.to_lowercase());
+    let alias = insert_alias(&ins);
+    ins.table_alias = None;
     if let TableObject::TableName(name) = &ins.table {
         let table = normalize_name(name)?;
         if engine.catalog.get(&table).is_none() {
@@ -71,6 +72,12 @@ pub async fn insert_plan(
     Ok((plan, on, alias))
 }
 
+/// `INSERT INTO t AS alias`: the name ON CONFLICT expressions use for the
+/// existing row.
+fn insert_alias(ins: &Insert) -> Option<String> {
+    ins.table_alias.as_ref().map(|a| a.alias.value.to_lowercase())
+}
+
 pub async fn insert(engine: &Engine, ins: Insert, params: &ParamValues) -> EngineResult<Output> {
     let (plan, on, alias) = insert_plan(engine, ins).await?;
     insert_planned(engine, plan, on, alias, params).await
@@ -83,8 +90,7 @@ pub async fn insert_prepared(
     plan: LogicalPlan,
     params: &ParamValues,
 ) -> EngineResult<Output> {
-    let alias = ins.table_alias.as_ref().map(|a| a.alias.value.to_lowercase());
-    insert_planned(engine, plan, ins.on.clone(), alias, params).await
+    insert_planned(engine, plan, ins.on.clone(), insert_alias(ins), params).await
 }
 
 async fn insert_planned(
@@ -431,7 +437,7 @@ pub async fn write_rows(
             let has_pk = !table.def.primary_key.is_empty();
             let mut written = 0u64;
             let mut touched: HashSet<Vec<u8>> = HashSet::new();
-            let mut value = Vec::new();
+            let mut row_capacity = 64;
             for batch in &batches {
                 for row in 0..batch.num_rows() {
                     let key = row_key(table, batch, row)?;
@@ -451,9 +457,9 @@ pub async fn write_rows(
                                         continue;
                                     };
                                     let checked = check_columns(table, &cols)?;
-                                    value.clear();
+                                    let mut value = Vec::new();
                                     encode_row(checked.columns(), 0, &mut value)?;
-                                    txn.put(key.clone(), value.clone());
+                                    txn.put(key.clone(), value);
                                     touched.insert(key);
                                     written += 1;
                                     continue;
@@ -464,9 +470,10 @@ pub async fn write_rows(
                             touched.insert(key.clone());
                         }
                     }
-                    value.clear();
+                    let mut value = Vec::with_capacity(row_capacity);
                     encode_row(batch.columns(), row, &mut value)?;
-                    txn.put(key, value.clone());
+                    row_capacity = row_capacity.max(value.len());
+                    txn.put(key, value);
                     written += 1;
                 }
             }
@@ -659,15 +666,14 @@ pub async fn update(engine: &Engine, u: Update, params: &ParamValues) -> EngineR
             // Pass 2: write the new rows; a key taken by any other row is a
             // unique violation (checked after all old rows are gone, so
             // `SET id = id + 1` works whatever the scan order).
-            let mut value = Vec::new();
             for (old, batch, row) in &pending {
                 let key = if has_pk { row_key(table, batch, *row)? } else { old.clone() };
                 if has_pk && txn.get(&key)?.is_some() {
                     return Err(duplicate_key(table, batch, *row));
                 }
-                value.clear();
+                let mut value = Vec::new();
                 encode_row(batch.columns(), *row, &mut value)?;
-                txn.put(key, value.clone());
+                txn.put(key, value);
             }
             Ok(pending.len() as u64)
         })

@@ -70,7 +70,7 @@ pub struct Description {
     pub plan: Option<PreparedPlan>,
 }
 
-/// A query planned at Parse time.
+/// A query or INSERT planned at Parse time (extended protocol).
 #[derive(Clone)]
 pub struct PreparedPlan {
     stmt: Statement,

@@ -70,13 +70,7 @@ impl TestServer {
     }
 
     pub async fn connect(&self) -> tokio_postgres::Client {
-        let (client, conn) = tokio_postgres::connect(&self.conn_str(), tokio_postgres::NoTls)
-            .await
-            .expect("connect to eddy");
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        client
+        connect(&self.conn_str()).await
     }
 
     /// SIGKILL: no shutdown, no flush.
@@ -93,6 +87,16 @@ impl TestServer {
         let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
         child.wait().expect("wait for eddy")
     }
+}
+
+/// Connects with a connection string and drives the connection on a task.
+pub async fn connect(conn_str: &str) -> tokio_postgres::Client {
+    let (client, conn) =
+        tokio_postgres::connect(conn_str, tokio_postgres::NoTls).await.expect("connect to eddy");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
 }
 
 impl Drop for TestServer {
