@@ -28,6 +28,11 @@ pub struct Config {
     pub group_commit_max: usize,
     /// Most concurrent client connections.
     pub max_connections: usize,
+    /// Milliseconds between checkpoints of the materialized views.
+    pub checkpoint_interval_ms: u64,
+    /// Memory for cached operator state, in MiB (state beyond it is read
+    /// from RocksDB).
+    pub state_cache_mb: usize,
 }
 
 impl Default for Config {
@@ -37,6 +42,8 @@ impl Default for Config {
             data_dir: PathBuf::from("./eddy-data"),
             group_commit_max: 1024,
             max_connections: 256,
+            checkpoint_interval_ms: 1000,
+            state_cache_mb: 256,
         }
     }
 }
@@ -48,6 +55,13 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source })
+    }
+
+    pub fn stream_config(&self) -> crate::stream::StreamConfig {
+        crate::stream::StreamConfig {
+            checkpoint_interval_ms: self.checkpoint_interval_ms,
+            state_cache_bytes: self.state_cache_mb.saturating_mul(1 << 20),
+        }
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {

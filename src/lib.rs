@@ -2,12 +2,16 @@
 //!
 //! The modules follow the path of data (see `docs/architecture.md`):
 //! `server` (pgwire sessions) → `engine` (statement execution, the narrow
-//! interface the server uses) → `catalog` (durable definitions) → `state`
-//! (RocksDB: keys, rows, scans, the group-commit writer). `config` holds
-//! the typed configuration.
+//! interface the server uses) → `catalog` (durable definitions) → `plan`
+//! (a view's query → a tree of incremental operators) → `stream` (the
+//! operators, the change-log reader and checkpoints) → `state` (RocksDB:
+//! keys, rows, the change log, scans, the group-commit writer). `config`
+//! holds the typed configuration.
 
 pub mod catalog;
 pub mod config;
 pub mod engine;
+pub mod plan;
 pub mod server;
 pub mod state;
+pub mod stream;

@@ -1,9 +1,14 @@
 //! `catalog/`: the durable definitions of everything a user creates.
 //!
-//! A definition is a JSON value under `m/table/<id>` in the same RocksDB
-//! instance as the data, written through the single writer, so a definition
-//! and the data that depends on it are never out of step after a crash.
-//! The in-memory map is a cache of those keys, rebuilt at start-up.
+//! A definition is a JSON value under `m/table/<id>`, `m/mv/<id>` or
+//! `m/view/<id>` in the same RocksDB instance as the data, written through
+//! the single writer, so a definition and the data that depends on it are
+//! never out of step after a crash (a materialized view's entry is written
+//! in the checkpoint that first holds its contents). The in-memory maps are
+//! a cache of those keys, rebuilt at start-up; views and materialized views
+//! are re-planned from their SQL then (by the engine), in creation order.
+//! Names are unique across tables, views and materialized views, and a
+//! relation that others read cannot be dropped without CASCADE.
 
 pub mod types;
 
@@ -26,6 +31,10 @@ pub enum CatalogError {
     NotFound(String),
     #[error("catalog entry is corrupt: {0}")]
     Corrupt(String),
+    #[error("cannot drop {name} because other objects depend on it: {}; use DROP ... CASCADE to drop them too", dependents.join(", "))]
+    Dependents { name: String, dependents: Vec<String> },
+    #[error("\"{name}\" is not a {expected}")]
+    WrongKind { name: String, expected: &'static str },
     #[error(transparent)]
     State(#[from] StateError),
 }
@@ -89,9 +98,52 @@ impl Table {
     }
 }
 
+/// A materialized view's or view's definition as stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MvDef {
+    pub id: u64,
+    pub name: String,
+    /// The defining query (`SELECT ...`).
+    pub sql: String,
+    /// Relations the query names (tables, views, materialized views).
+    pub depends_on: Vec<String>,
+    /// Change-log position of the snapshot the view was filled from: its
+    /// table sources skip log entries up to and including it.
+    #[serde(default)]
+    pub created_seq: u64,
+    /// Column names given in `CREATE ... VIEW name (a, b)`.
+    #[serde(default)]
+    pub columns: Vec<String>,
+}
+
+/// A materialized view as the running server knows it.
+#[derive(Debug)]
+pub struct MatView {
+    pub def: MvDef,
+    /// Its columns (every column nullable).
+    pub schema: SchemaRef,
+}
+
+/// A plain view: its definition and its plan, inlined where it is used.
+#[derive(Debug)]
+pub struct View {
+    pub def: MvDef,
+    pub plan: datafusion::logical_expr::LogicalPlan,
+}
+
+/// A definition loaded at start-up that the engine must still plan.
+#[derive(Debug, Clone)]
+pub enum PendingDef {
+    Materialized(MvDef),
+    View(MvDef),
+}
+
 pub struct Catalog {
     store: Arc<Store>,
     tables: RwLock<BTreeMap<String, Arc<Table>>>,
+    mvs: RwLock<BTreeMap<String, Arc<MatView>>>,
+    views: RwLock<BTreeMap<String, Arc<View>>>,
+    pending: std::sync::Mutex<Vec<PendingDef>>,
     next_id: AtomicU64,
     /// Bumped by every CREATE and DROP; cached plans check it.
     version: AtomicU64,
@@ -120,9 +172,24 @@ impl Catalog {
             };
             tables.insert(def.name.clone(), Arc::new(Table::new(def, next_row_id)));
         }
+        let mut pending = Vec::new();
+        for (prefix, materialized) in [(keys::META_MV_PREFIX, true), (keys::META_VIEW_PREFIX, false)] {
+            for (_, value) in store.scan_prefix(prefix)? {
+                let def: MvDef = serde_json::from_slice(&value)
+                    .map_err(|e| CatalogError::Corrupt(e.to_string()))?;
+                max_id = max_id.max(def.id);
+                pending.push(if materialized { PendingDef::Materialized(def) } else { PendingDef::View(def) });
+            }
+        }
+        pending.sort_by_key(|d| match d {
+            PendingDef::Materialized(d) | PendingDef::View(d) => d.id,
+        });
         Ok(Self {
             store,
             tables: RwLock::new(tables),
+            mvs: RwLock::new(BTreeMap::new()),
+            views: RwLock::new(BTreeMap::new()),
+            pending: std::sync::Mutex::new(pending),
             next_id: AtomicU64::new(max_id + 1),
             version: AtomicU64::new(0),
         })
@@ -141,6 +208,125 @@ impl Catalog {
         self.tables.read().map(|t| t.values().cloned().collect()).unwrap_or_default()
     }
 
+    pub fn get_mv(&self, name: &str) -> Option<Arc<MatView>> {
+        self.mvs.read().ok()?.get(name).cloned()
+    }
+
+    pub fn list_mvs(&self) -> Vec<Arc<MatView>> {
+        self.mvs.read().map(|t| t.values().cloned().collect()).unwrap_or_default()
+    }
+
+    pub fn get_view(&self, name: &str) -> Option<Arc<View>> {
+        self.views.read().ok()?.get(name).cloned()
+    }
+
+    pub fn list_views(&self) -> Vec<Arc<View>> {
+        self.views.read().map(|t| t.values().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Whether any relation has this name.
+    pub fn exists(&self, name: &str) -> bool {
+        self.get(name).is_some() || self.get_mv(name).is_some() || self.get_view(name).is_some()
+    }
+
+    /// Definitions loaded at start-up that still need planning, oldest first.
+    pub fn take_pending(&self) -> Vec<PendingDef> {
+        self.pending.lock().map(|mut p| std::mem::take(&mut *p)).unwrap_or_default()
+    }
+
+    /// A fresh id for a new relation.
+    pub fn allocate_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// Views and materialized views that name `name`, oldest first.
+    pub fn dependents(&self, name: &str) -> Vec<(u64, String, bool)> {
+        let mut out: Vec<(u64, String, bool)> = self
+            .list_mvs()
+            .iter()
+            .filter(|m| m.def.depends_on.iter().any(|d| d == name))
+            .map(|m| (m.def.id, m.def.name.clone(), true))
+            .chain(
+                self.list_views()
+                    .iter()
+                    .filter(|v| v.def.depends_on.iter().any(|d| d == name))
+                    .map(|v| (v.def.id, v.def.name.clone(), false)),
+            )
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn refuse_if_depended_on(&self, name: &str) -> CatalogResult<()> {
+        let deps = self.dependents(name);
+        if deps.is_empty() {
+            return Ok(());
+        }
+        Err(CatalogError::Dependents { name: name.to_string(), dependents: deps.into_iter().map(|d| d.1).collect() })
+    }
+
+    /// Makes a materialized view visible (its entry is already durable).
+    pub fn insert_mv(&self, mv: Arc<MatView>) {
+        if let Ok(mut m) = self.mvs.write() {
+            m.insert(mv.def.name.clone(), mv);
+        }
+        self.version.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Hides a materialized view (before its data is deleted); fails with
+    /// `Dependents` if another view reads it.
+    pub fn remove_mv(&self, name: &str) -> CatalogResult<Arc<MatView>> {
+        self.refuse_if_depended_on(name)?;
+        let removed = self.mvs.write().map_err(|_| CatalogError::Corrupt("lock".into()))?.remove(name);
+        self.version.fetch_add(1, Ordering::SeqCst);
+        removed.ok_or_else(|| CatalogError::NotFound(name.into()))
+    }
+
+    /// Makes a view visible without writing it (start-up).
+    pub fn insert_view(&self, view: Arc<View>) {
+        if let Ok(mut m) = self.views.write() {
+            m.insert(view.def.name.clone(), view);
+        }
+        self.version.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Creates a view durably.
+    pub async fn create_view(&self, view: View) -> CatalogResult<()> {
+        if self.exists(&view.def.name) {
+            return Err(CatalogError::AlreadyExists(view.def.name));
+        }
+        let id = view.def.id;
+        let value = serde_json::to_vec(&view.def).map_err(|e| CatalogError::Corrupt(e.to_string()))?;
+        self.store
+            .writer()
+            .write(false, move |txn| {
+                txn.put(keys::meta_key(keys::META_VIEW_PREFIX, id), value);
+                Ok(0)
+            })
+            .await?;
+        self.insert_view(Arc::new(view));
+        Ok(())
+    }
+
+    /// Drops a view durably.
+    pub async fn drop_view(&self, name: &str) -> CatalogResult<()> {
+        self.refuse_if_depended_on(name)?;
+        let view = self.get_view(name).ok_or_else(|| CatalogError::NotFound(name.into()))?;
+        let id = view.def.id;
+        self.store
+            .writer()
+            .write(false, move |txn| {
+                txn.delete(keys::meta_key(keys::META_VIEW_PREFIX, id));
+                Ok(0)
+            })
+            .await?;
+        if let Ok(mut m) = self.views.write() {
+            m.remove(name);
+        }
+        self.version.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
     /// Creates a table durably. Returns `Ok(false)` when it exists and
     /// `if_not_exists` is set.
     pub async fn create_table(
@@ -150,7 +336,7 @@ impl Catalog {
         primary_key: Vec<usize>,
         if_not_exists: bool,
     ) -> CatalogResult<bool> {
-        if self.get(&name).is_some() {
+        if self.exists(&name) {
             return if if_not_exists { Ok(false) } else { Err(CatalogError::AlreadyExists(name)) };
         }
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
@@ -192,6 +378,9 @@ impl Catalog {
     /// Drops a table and all its rows durably. Returns `Ok(false)` when it
     /// does not exist and `if_exists` is set.
     pub async fn drop_table(&self, name: &str, if_exists: bool) -> CatalogResult<bool> {
+        if self.get(name).is_some() {
+            self.refuse_if_depended_on(name)?;
+        }
         let table = {
             let mut tables = self.tables.write().map_err(|_| CatalogError::Corrupt("lock".into()))?;
             tables.remove(name)

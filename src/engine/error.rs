@@ -29,6 +29,10 @@ pub enum EngineError {
     Catalog(#[from] CatalogError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Plan(#[from] crate::plan::PlanError),
+    #[error(transparent)]
+    Stream(#[from] crate::stream::StreamError),
     #[error("{0}")]
     DataFusion(DataFusionError),
     #[error("canceling statement due to user request")]
@@ -74,6 +78,13 @@ impl EngineError {
             Self::Catalog(CatalogError::NotFound(_)) => "42P01",
             Self::Catalog(CatalogError::State(s)) | Self::State(s) => state_sqlstate(s),
             Self::Catalog(CatalogError::Corrupt(_)) => "XX001",
+            Self::Catalog(CatalogError::Dependents { .. }) => "2BP01",
+            Self::Catalog(CatalogError::WrongKind { .. }) => "42809",
+            Self::Plan(crate::plan::PlanError::Unsupported(_)) => "0A000",
+            Self::Plan(crate::plan::PlanError::DataFusion(e)) => datafusion_sqlstate(e),
+            Self::Stream(crate::stream::StreamError::State(s)) => state_sqlstate(s),
+            Self::Stream(crate::stream::StreamError::DataFusion(e)) => datafusion_sqlstate(e),
+            Self::Stream(_) => "XX000",
             Self::DataFusion(e) => datafusion_sqlstate(e),
             Self::Canceled => "57014",
             Self::Timeout => "57014",

@@ -11,6 +11,8 @@ pub mod copy;
 pub mod ddl;
 pub mod dml;
 pub mod error;
+pub mod mv;
+pub mod mv_provider;
 pub mod names;
 pub mod pg;
 pub mod provider;
@@ -29,6 +31,7 @@ use datafusion::sql::sqlparser::ast::{ObjectName, ObjectType, Statement};
 
 use crate::catalog::Catalog;
 use crate::state::Store;
+use crate::stream::{StreamConfig, StreamRuntime};
 pub use copy::{CopyFormat, CopyIn};
 pub use error::{EngineError, EngineResult};
 pub use session::SessionVars;
@@ -82,12 +85,27 @@ pub struct Engine {
     pub store: Arc<Store>,
     pub catalog: Arc<Catalog>,
     pub ctx: SessionContext,
+    pub stream: Arc<StreamRuntime>,
+    /// Serializes CREATE and DROP of views (planning, filling and the
+    /// catalog update of one must not interleave with another's).
+    pub ddl_lock: tokio::sync::Mutex<()>,
     parser: datafusion_pg_catalog::sql::PostgresCompatibilityParser,
 }
 
 impl Engine {
-    pub fn new(store: Arc<Store>) -> EngineResult<Self> {
+    /// Opens the engine over a store: loads the catalog, rebuilds every
+    /// view and starts the stream runtime (which replays the change log
+    /// since the last checkpoint).
+    pub async fn open(store: Arc<Store>, stream_config: StreamConfig) -> EngineResult<Self> {
+        let engine = Self::new(store, stream_config)?;
+        mv::restore(&engine).await?;
+        engine.stream.start().await?;
+        Ok(engine)
+    }
+
+    fn new(store: Arc<Store>, stream_config: StreamConfig) -> EngineResult<Self> {
         let catalog = Arc::new(Catalog::load(store.clone())?);
+        let stream = Arc::new(StreamRuntime::new(&store, catalog.clone(), stream_config)?);
         let config = SessionConfig::new()
             .with_default_catalog_and_schema(DATABASE, provider::PUBLIC_SCHEMA)
             .with_create_default_catalog_and_schema(false)
@@ -101,7 +119,7 @@ impl Engine {
         ] {
             db_catalog.register_schema(
                 name,
-                Arc::new(provider::EddySchema::new(catalog.clone(), store.clone(), view)),
+                Arc::new(provider::EddySchema::new(catalog.clone(), store.clone(), view, stream.clone())),
             )?;
         }
         ctx.register_catalog(DATABASE, db_catalog);
@@ -110,12 +128,56 @@ impl Engine {
             store,
             catalog,
             ctx,
+            stream,
+            ddl_lock: tokio::sync::Mutex::new(()),
             parser: datafusion_pg_catalog::sql::PostgresCompatibilityParser::new(),
         })
     }
 
     /// Parses SQL text (possibly several statements) into statements.
     pub fn parse(&self, sql: &str) -> EngineResult<Vec<Statement>> {
+        if sql.to_ascii_lowercase().contains("flush") {
+            if let Some(stmts) = self.parse_with_flush(sql)? {
+                return Ok(stmts);
+            }
+        }
+        self.parse_plain(sql)
+    }
+
+    /// `FLUSH` is not in sqlparser's Postgres dialect: split the text into
+    /// statements and turn each bare `FLUSH` into a `Statement::Flush`.
+    /// Returns `None` when the text holds no bare FLUSH.
+    fn parse_with_flush(&self, sql: &str) -> EngineResult<Option<Vec<Statement>>> {
+        use datafusion::sql::sqlparser::{dialect::PostgreSqlDialect, tokenizer::{Token, Tokenizer}};
+        let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize() else { return Ok(None) };
+        let mut pieces: Vec<Vec<Token>> = vec![Vec::new()];
+        for t in tokens {
+            if t == Token::SemiColon {
+                pieces.push(Vec::new());
+            } else if let Some(last) = pieces.last_mut() {
+                last.push(t);
+            }
+        }
+        let is_flush = |p: &[Token]| {
+            let words: Vec<&Token> = p.iter().filter(|t| !matches!(t, Token::Whitespace(_))).collect();
+            matches!(words.as_slice(), [Token::Word(w)] if w.value.eq_ignore_ascii_case("flush"))
+        };
+        if !pieces.iter().any(|p| is_flush(p)) {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        for p in pieces {
+            if is_flush(&p) {
+                out.push(flush_statement());
+            } else if p.iter().any(|t| !matches!(t, Token::Whitespace(_))) {
+                let text: String = p.iter().map(|t| t.to_string()).collect();
+                out.extend(self.parse_plain(&text)?);
+            }
+        }
+        Ok(Some(out))
+    }
+
+    fn parse_plain(&self, sql: &str) -> EngineResult<Vec<Statement>> {
         self.parser.parse(sql).map_err(|e| {
             // The compatibility parser drops token positions; the plain
             // parser's error on the same text carries them.
@@ -134,6 +196,14 @@ impl Engine {
         session::bind_user(&mut bound, user);
         let stmt = &bound;
         let plan = match stmt {
+            Statement::Explain { statement, .. }
+                if matches!(statement.as_ref(), Statement::CreateView(cv) if cv.materialized) =>
+            {
+                return Ok(Description { params: vec![], result: Some(mv::text_schema("QUERY PLAN")), plan: None });
+            }
+            Statement::ShowViews { materialized: true, .. } => {
+                return Ok(Description { params: vec![], result: Some(mv::text_schema("Name")), plan: None });
+            }
             Statement::Query(_) | Statement::Explain { .. } => Some(self.plan(stmt.clone()).await?),
             Statement::Insert(ins) => Some(dml::insert_plan(self, ins.clone()).await?.0),
             Statement::Update(u) => Some(self.plan(dml::update_select(self, u)?).await?),
@@ -176,7 +246,13 @@ impl Engine {
     ) -> EngineResult<Output> {
         match prepared {
             Some(p) if p.catalog_version == self.catalog.version() => match &p.stmt {
-                Statement::Insert(ins) => dml::insert_prepared(self, ins, p.plan.clone(), params).await,
+                Statement::Insert(ins) => {
+                    let out = dml::insert_prepared(self, ins, p.plan.clone(), params).await?;
+                    if vars.implicit_flush() {
+                        self.stream.flush().await?;
+                    }
+                    Ok(out)
+                }
                 _ => self.run_plan(&p.stmt, p.plan.clone(), params).await,
             },
             _ => self.execute(vars, stmt, params).await,
@@ -190,16 +266,45 @@ impl Engine {
         stmt: Statement,
         params: &ParamValues,
     ) -> EngineResult<Output> {
+        let dml = matches!(stmt, Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_));
+        let out = self.execute_inner(vars, stmt, params).await?;
+        if dml && vars.implicit_flush() {
+            self.stream.flush().await?;
+        }
+        Ok(out)
+    }
+
+    async fn execute_inner(
+        &self,
+        vars: &mut SessionVars<'_>,
+        stmt: Statement,
+        params: &ParamValues,
+    ) -> EngineResult<Output> {
         match stmt {
+            Statement::Explain { statement, .. }
+                if matches!(statement.as_ref(), Statement::CreateView(cv) if cv.materialized) =>
+            {
+                match *statement {
+                    Statement::CreateView(cv) => mv::explain(self, &cv).await,
+                    _ => Err(EngineError::Unsupported("EXPLAIN of this statement".into())),
+                }
+            }
             Statement::Query(_) | Statement::Explain { .. } => {
                 let mut stmt = stmt;
                 session::bind_user(&mut stmt, &vars.user());
                 self.query(stmt, params).await
             }
             Statement::CreateTable(ct) => ddl::create_table(self, ct).await,
-            Statement::Drop { object_type: ObjectType::Table, if_exists, names, .. } => {
-                ddl::drop_tables(self, names, if_exists).await
-            }
+            Statement::Drop {
+                object_type: object_type @ (ObjectType::Table | ObjectType::View | ObjectType::MaterializedView),
+                if_exists,
+                names,
+                cascade,
+                ..
+            } => mv::drop(self, object_type, names, if_exists, cascade).await,
+            Statement::CreateView(cv) => mv::create(self, cv).await,
+            Statement::ShowViews { materialized: true, .. } => mv::show(self),
+            Statement::Flush { .. } => mv::flush(self).await,
             Statement::Insert(ins) => dml::insert(self, ins, params).await,
             Statement::Update(u) => dml::update(self, u, params).await,
             Statement::Delete(d) => dml::delete(self, d, params).await,
@@ -234,6 +339,19 @@ impl Engine {
         let schema = names::postgres_names(stmt, Arc::new(df.schema().as_arrow().clone()));
         let stream = df.execute_stream().await?;
         Ok(Output::Rows { schema, stream })
+    }
+}
+
+/// The statement FLUSH stands for (sqlparser has no Postgres FLUSH).
+fn flush_statement() -> Statement {
+    use datafusion::sql::sqlparser::ast::FlushType;
+    Statement::Flush {
+        object_type: FlushType::Tables,
+        location: None,
+        channel: None,
+        read_lock: false,
+        export: false,
+        tables: Vec::new(),
     }
 }
 

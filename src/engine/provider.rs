@@ -60,11 +60,12 @@ pub struct EddySchema {
     catalog: Arc<Catalog>,
     store: Arc<Store>,
     view: View,
+    stream: Arc<crate::stream::StreamRuntime>,
 }
 
 impl EddySchema {
-    pub fn new(catalog: Arc<Catalog>, store: Arc<Store>, view: View) -> Self {
-        Self { catalog, store, view }
+    pub fn new(catalog: Arc<Catalog>, store: Arc<Store>, view: View, stream: Arc<crate::stream::StreamRuntime>) -> Self {
+        Self { catalog, store, view, stream }
     }
 }
 
@@ -86,18 +87,38 @@ impl SchemaProvider for EddySchema {
         if self.view != View::Declared {
             return Vec::new(); // hidden from catalog listings
         }
-        self.catalog.list().iter().map(|t| t.name().to_string()).collect()
+        let mut names: Vec<String> = self.catalog.list().iter().map(|t| t.name().to_string()).collect();
+        names.extend(self.catalog.list_mvs().iter().map(|m| m.def.name.clone()));
+        names.extend(self.catalog.list_views().iter().map(|v| v.def.name.clone()));
+        names
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
-        Ok(self.catalog.get(name).map(|table| {
-            Arc::new(EddyTable::new(table, self.store.clone(), self.view))
-                as Arc<dyn TableProvider>
-        }))
+        if let Some(table) = self.catalog.get(name) {
+            return Ok(Some(Arc::new(EddyTable::new(table, self.store.clone(), self.view))));
+        }
+        if self.view != View::Declared {
+            return Ok(None);
+        }
+        if let Some(mv) = self.catalog.get_mv(name) {
+            return Ok(Some(Arc::new(super::mv_provider::MvTable::new(
+                mv,
+                self.store.db().clone(),
+                self.stream.clone(),
+            ))));
+        }
+        if let Some(v) = self.catalog.get_view(name) {
+            return Ok(Some(Arc::new(datafusion::catalog::view::ViewTable::new(
+                v.plan.clone(),
+                Some(v.def.sql.clone()),
+            ))));
+        }
+        Ok(None)
     }
 
     fn table_exist(&self, name: &str) -> bool {
         self.catalog.get(name).is_some()
+            || (self.view == View::Declared && (self.catalog.get_mv(name).is_some() || self.catalog.get_view(name).is_some()))
     }
 }
 

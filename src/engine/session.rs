@@ -41,6 +41,7 @@ const VARIABLES: &[(&str, &str, bool, &str)] = &[
     ("lock_timeout", "0", false, "Sets the maximum allowed duration of any wait for a lock."),
     ("idle_in_transaction_session_timeout", "0", false, "Sets the maximum idle time in a transaction."),
     ("max_identifier_length", "63", false, "Shows the maximum identifier length."),
+    ("implicit_flush", "off", false, "Makes each INSERT, UPDATE, DELETE and COPY wait until materialized views show it."),
 ];
 
 const PREFIX: &str = "var.";
@@ -106,6 +107,11 @@ impl<'a> SessionVars<'a> {
     }
 
     /// `statement_timeout` in milliseconds (0 = none).
+    /// Whether DML waits for materialized views (`SET implicit_flush`).
+    pub fn implicit_flush(&self) -> bool {
+        matches!(self.get("implicit_flush").as_deref().map(str::to_ascii_lowercase).as_deref(), Some("true" | "on" | "1" | "yes"))
+    }
+
     pub fn statement_timeout_ms(&self) -> u64 {
         self.get("statement_timeout").and_then(|v| v.parse().ok()).unwrap_or(0)
     }

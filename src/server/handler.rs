@@ -523,6 +523,9 @@ impl CopyHandler for Handler {
             return Err(pg_error(EngineError::user("08P01", "COPY data received without a COPY in progress")));
         };
         let n = crate::engine::copy::copy_in(&self.engine, &copy, &data).await.map_err(pg_error)?;
+        if SessionVars::new(client.metadata_mut()).implicit_flush() {
+            self.engine.stream.flush().await.map_err(|e| pg_error(e.into()))?;
+        }
         client
             .send(PgWireBackendMessage::CommandComplete(Tag::new("COPY").with_rows(n as usize).into()))
             .await?;

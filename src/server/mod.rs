@@ -68,7 +68,7 @@ impl PgWireServerHandlers for Handlers {
 pub async fn run(config: Config) -> Result<(), ServerError> {
     let addr = config.listen_addr()?;
     let store = Arc::new(Store::open(&config.data_dir, config.group_commit_max)?);
-    let engine = Arc::new(Engine::new(store)?);
+    let engine = Arc::new(Engine::open(store, config.stream_config()).await?);
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| ServerError::Listen { addr: addr.to_string(), source })?;
@@ -118,6 +118,9 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     }
     tracing::info!("shutting down");
     drop(listener);
+    if let Err(e) = engine.stream.shutdown().await {
+        tracing::warn!("final checkpoint failed: {e}");
+    }
     drop(handlers);
     drop(engine);
     Ok(())

@@ -53,6 +53,77 @@ pub fn meta_table_key(table_id: u64) -> Vec<u8> {
     k
 }
 
+/// Prefix byte of change-log entries: `l<seq: u64 BE>`.
+pub const LOG_PREFIX: u8 = b'l';
+/// Prefix byte of materialized-view contents: `v<mv id: u64 BE><row>`.
+pub const MV_PREFIX: u8 = b'v';
+/// Prefix byte of operator state: `s<mv id: u64 BE><node: u32 BE><key>`.
+pub const OP_STATE_PREFIX: u8 = b's';
+/// Catalog entries of materialized views.
+pub const META_MV_PREFIX: &[u8] = b"m/mv/";
+/// Catalog entries of (plain) views.
+pub const META_VIEW_PREFIX: &[u8] = b"m/view/";
+/// The last complete checkpoint: epoch (u64 BE) and log position (u64 BE).
+pub const META_CHECKPOINT: &[u8] = b"m/checkpoint";
+
+/// The table id of a table-data key, if `key` is one.
+pub fn table_id_of(key: &[u8]) -> Option<u64> {
+    if key.first() != Some(&TABLE_PREFIX) || key.len() < 9 {
+        return None;
+    }
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&key[1..9]);
+    Some(u64::from_be_bytes(b))
+}
+
+/// The key of change-log entry `seq`.
+pub fn log_key(seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(LOG_PREFIX);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The sequence number of a change-log key.
+pub fn log_seq(key: &[u8]) -> Option<u64> {
+    if key.first() != Some(&LOG_PREFIX) || key.len() != 9 {
+        return None;
+    }
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&key[1..9]);
+    Some(u64::from_be_bytes(b))
+}
+
+/// The prefix of a materialized view's rows.
+pub fn mv_prefix(mv_id: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(MV_PREFIX);
+    k.extend_from_slice(&mv_id.to_be_bytes());
+    k
+}
+
+/// The prefix of all operator state of one materialized view.
+pub fn mv_state_prefix(mv_id: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(13);
+    k.push(OP_STATE_PREFIX);
+    k.extend_from_slice(&mv_id.to_be_bytes());
+    k
+}
+
+/// The prefix of one operator's state.
+pub fn op_state_prefix(mv_id: u64, node: u32) -> Vec<u8> {
+    let mut k = mv_state_prefix(mv_id);
+    k.extend_from_slice(&node.to_be_bytes());
+    k
+}
+
+/// The catalog key of a materialized view or view definition.
+pub fn meta_key(prefix: &[u8], id: u64) -> Vec<u8> {
+    let mut k = prefix.to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
 /// The smallest key greater than every key that starts with `prefix`.
 pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();

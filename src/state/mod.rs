@@ -7,6 +7,7 @@
 //! holding it has been synced to disk.
 
 pub mod keys;
+pub mod log;
 pub mod row;
 pub mod scan;
 pub mod writer;
@@ -88,8 +89,16 @@ impl Store {
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         opts.increase_parallelism(2);
         let db = Arc::new(DB::open(&opts, data_dir.join("db"))?);
-        let writer = writer::spawn(db.clone(), group_commit_max);
+        let last_log = Self::last_key_in(&db, &[keys::LOG_PREFIX])?.and_then(|k| keys::log_seq(&k));
+        let checkpoint = read_checkpoint(&db)?;
+        let last_seq = last_log.unwrap_or(0).max(checkpoint.seq);
+        let writer = writer::spawn(db.clone(), group_commit_max, last_seq);
         Ok(Self { db, writer, _lock: lock })
+    }
+
+    /// The last complete checkpoint (zeros before the first).
+    pub fn checkpoint(&self) -> StateResult<Checkpoint> {
+        read_checkpoint(&self.db)
     }
 
     pub fn db(&self) -> &Arc<DB> {
@@ -119,7 +128,11 @@ impl Store {
 
     /// The last key under `prefix`, if any (used to resume row-id counters).
     pub fn last_key_with_prefix(&self, prefix: &[u8]) -> StateResult<Option<Vec<u8>>> {
-        let mut it = self.db.raw_iterator();
+        Self::last_key_in(&self.db, prefix)
+    }
+
+    fn last_key_in(db: &DB, prefix: &[u8]) -> StateResult<Option<Vec<u8>>> {
+        let mut it = db.raw_iterator();
         it.seek_for_prev(keys::prefix_end(prefix));
         let found = match it.key() {
             Some(k) if k.starts_with(prefix) => Some(k.to_vec()),
@@ -127,5 +140,35 @@ impl Store {
         };
         it.status()?;
         Ok(found)
+    }
+}
+
+/// A complete checkpoint: every operator's state as of `epoch`, which has
+/// consumed the change log up to and including `seq`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+impl Checkpoint {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = self.epoch.to_be_bytes().to_vec();
+        v.extend_from_slice(&self.seq.to_be_bytes());
+        v
+    }
+}
+
+fn read_checkpoint(db: &DB) -> StateResult<Checkpoint> {
+    match db.get(keys::META_CHECKPOINT)? {
+        None => Ok(Checkpoint::default()),
+        Some(v) if v.len() == 16 => {
+            let mut e = [0u8; 8];
+            let mut s = [0u8; 8];
+            e.copy_from_slice(&v[..8]);
+            s.copy_from_slice(&v[8..]);
+            Ok(Checkpoint { epoch: u64::from_be_bytes(e), seq: u64::from_be_bytes(s) })
+        }
+        Some(_) => Err(StateError::Corrupt("checkpoint record")),
     }
 }

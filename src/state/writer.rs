@@ -12,14 +12,24 @@
 //! A closure that needs a range scan (UPDATE, DELETE, DROP) declares it;
 //! the writer commits the open group first so that the scan sees every
 //! earlier write in RocksDB itself.
+//!
+//! **Change log.** For tables that materialized views read ("logged"
+//! tables), the writer turns each successful closure's net row changes into
+//! one change-log entry `l<seq>` (see [`crate::state::log`]) written in the
+//! same `WriteBatch` as the rows themselves, so the log and the tables can
+//! never disagree after a crash. Every table change passes here in commit
+//! order, which is what makes the log complete without any cooperation
+//! from the statements that write. After each durable commit the highest
+//! committed sequence number is published on a watch channel.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use rocksdb::{DB, WriteBatch, WriteOptions};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{StateError, StateResult};
+use super::log::LogEntryBuilder;
+use super::{StateError, StateResult, keys};
 
 type Work = Box<dyn FnOnce(&mut Txn<'_>) -> StateResult<u64> + Send>;
 
@@ -33,6 +43,7 @@ struct Request {
 #[derive(Clone)]
 pub struct WriterHandle {
     tx: mpsc::Sender<Request>,
+    committed: watch::Receiver<u64>,
 }
 
 impl WriterHandle {
@@ -50,6 +61,11 @@ impl WriterHandle {
             .map_err(|_| StateError::WriterGone)?;
         rx.await.map_err(|_| StateError::WriterGone)?
     }
+
+    /// The highest change-log sequence number that is durable.
+    pub fn committed_seq(&self) -> watch::Receiver<u64> {
+        self.committed.clone()
+    }
 }
 
 /// A staged view of the store for one write closure.
@@ -58,6 +74,7 @@ pub struct Txn<'a> {
     group: &'a HashMap<Vec<u8>, Option<Vec<u8>>>,
     staged: HashMap<Vec<u8>, Option<Vec<u8>>>,
     ranges: Vec<(Vec<u8>, Vec<u8>)>,
+    logged: &'a mut HashSet<u64>,
 }
 
 impl Txn<'_> {
@@ -79,6 +96,16 @@ impl Txn<'_> {
 
     pub fn delete(&mut self, key: Vec<u8>) {
         self.staged.insert(key, None);
+    }
+
+    /// Starts (or stops) writing changes of table `table_id` to the change
+    /// log, from the next closure on.
+    pub fn set_logged(&mut self, table_id: u64, logged: bool) {
+        if logged {
+            self.logged.insert(table_id);
+        } else {
+            self.logged.remove(&table_id);
+        }
     }
 
     /// Deletes every key in `[from, to)`.
@@ -109,28 +136,40 @@ impl Txn<'_> {
     }
 }
 
-/// Starts the writer thread. `group_max` bounds the requests in one group.
-pub fn spawn(db: Arc<DB>, group_max: usize) -> WriterHandle {
+/// Starts the writer thread. `group_max` bounds the requests in one group;
+/// `last_seq` is the highest change-log sequence number already used.
+pub fn spawn(db: Arc<DB>, group_max: usize, last_seq: u64) -> WriterHandle {
     let (tx, rx) = mpsc::channel::<Request>(4096);
+    let (committed_tx, committed) = watch::channel(last_seq);
+    let log = Log { next_seq: last_seq + 1, logged: HashSet::new(), committed: committed_tx };
     let spawned = std::thread::Builder::new()
         .name("eddy-writer".into())
-        .spawn(move || run(db, rx, group_max.max(1)));
+        .spawn(move || run(db, rx, group_max.max(1), log));
     if let Err(e) = spawned {
         // Without a writer every write fails with WriterGone; say why.
         tracing::error!("could not start the storage writer thread: {e}");
     }
-    WriterHandle { tx }
+    WriterHandle { tx, committed }
+}
+
+/// The writer thread's change-log state.
+struct Log {
+    next_seq: u64,
+    logged: HashSet<u64>,
+    committed: watch::Sender<u64>,
 }
 
 struct Group {
     batch: WriteBatch,
     overlay: HashMap<Vec<u8>, Option<Vec<u8>>>,
     acks: Vec<(oneshot::Sender<StateResult<u64>>, u64)>,
+    /// The highest log sequence number written by this group, if any.
+    last_seq: Option<u64>,
 }
 
 impl Group {
     fn new() -> Self {
-        Self { batch: WriteBatch::default(), overlay: HashMap::new(), acks: Vec::new() }
+        Self { batch: WriteBatch::default(), overlay: HashMap::new(), acks: Vec::new(), last_seq: None }
     }
 
     fn is_empty(&self) -> bool {
@@ -138,37 +177,85 @@ impl Group {
     }
 }
 
-fn run(db: Arc<DB>, mut rx: mpsc::Receiver<Request>, group_max: usize) {
+fn run(db: Arc<DB>, mut rx: mpsc::Receiver<Request>, group_max: usize, mut log: Log) {
     let mut sync = WriteOptions::default();
     sync.set_sync(true);
     while let Some(first) = rx.blocking_recv() {
         let mut group = Group::new();
-        apply(&db, &mut group, first, &sync);
+        apply(&db, &mut group, first, &sync, &mut log);
         while group.acks.len() < group_max {
             let Ok(next) = rx.try_recv() else { break };
             if next.scans && !group.is_empty() {
-                commit(&db, std::mem::replace(&mut group, Group::new()), &sync);
+                commit(&db, std::mem::replace(&mut group, Group::new()), &sync, &log);
             }
-            apply(&db, &mut group, next, &sync);
+            apply(&db, &mut group, next, &sync, &mut log);
         }
-        commit(&db, group, &sync);
+        commit(&db, group, &sync, &log);
     }
     tracing::debug!("storage writer stopped");
 }
 
-fn apply(db: &DB, group: &mut Group, req: Request, sync: &WriteOptions) {
-    if req.scans && !group.is_empty() {
-        commit(db, std::mem::replace(group, Group::new()), sync);
+/// The net change a closure made to logged tables, as one log entry.
+fn log_entry(
+    db: &DB,
+    overlay: &HashMap<Vec<u8>, Option<Vec<u8>>>,
+    staged: &HashMap<Vec<u8>, Option<Vec<u8>>>,
+    logged: &HashSet<u64>,
+) -> StateResult<Option<Vec<u8>>> {
+    if logged.is_empty() {
+        return Ok(None);
     }
-    let mut txn = Txn { db, group: &group.overlay, staged: HashMap::new(), ranges: Vec::new() };
+    let mut entry = LogEntryBuilder::default();
+    for (key, new) in staged {
+        let Some(table_id) = keys::table_id_of(key) else { continue };
+        if !logged.contains(&table_id) {
+            continue;
+        }
+        let old = match overlay.get(key) {
+            Some(v) => v.clone(),
+            None => db.get(key)?,
+        };
+        if old == *new {
+            continue;
+        }
+        if let Some(old) = old {
+            entry.push(table_id, -1, &old);
+        }
+        if let Some(new) = new {
+            entry.push(table_id, 1, new);
+        }
+    }
+    Ok(entry.finish())
+}
+
+fn apply(db: &DB, group: &mut Group, req: Request, sync: &WriteOptions, log: &mut Log) {
+    if req.scans && !group.is_empty() {
+        commit(db, std::mem::replace(group, Group::new()), sync, log);
+    }
+    let mut txn = Txn {
+        db,
+        group: &group.overlay,
+        staged: HashMap::new(),
+        ranges: Vec::new(),
+        logged: &mut log.logged,
+    };
     // A panic in a closure (a bug, or in a function evaluated for
     // ON CONFLICT) fails that statement only; the writer keeps running.
     let work = req.work;
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&mut txn)))
         .unwrap_or_else(|_| Err(StateError::rejected("XX000", "internal error while writing; the statement was not applied")));
     let Txn { staged, ranges, .. } = txn;
+    let result = result.and_then(|value| {
+        log_entry(db, &group.overlay, &staged, &log.logged).map(|entry| (value, entry))
+    });
     match result {
-        Ok(value) => {
+        Ok((value, entry)) => {
+            if let Some(entry) = entry {
+                let seq = log.next_seq;
+                log.next_seq += 1;
+                group.batch.put(keys::log_key(seq), entry);
+                group.last_seq = Some(seq);
+            }
             for (from, to) in &ranges {
                 group.batch.delete_range(from, to);
             }
@@ -183,7 +270,7 @@ fn apply(db: &DB, group: &mut Group, req: Request, sync: &WriteOptions) {
             if !ranges.is_empty() {
                 // The overlay cannot express a range delete: make it durable
                 // now so later closures read it from RocksDB.
-                commit(db, std::mem::replace(group, Group::new()), sync);
+                commit(db, std::mem::replace(group, Group::new()), sync, log);
             }
         }
         Err(e) => {
@@ -192,12 +279,15 @@ fn apply(db: &DB, group: &mut Group, req: Request, sync: &WriteOptions) {
     }
 }
 
-fn commit(db: &DB, group: Group, sync: &WriteOptions) {
+fn commit(db: &DB, group: Group, sync: &WriteOptions, log: &Log) {
     if group.acks.is_empty() {
         return;
     }
     match db.write_opt(group.batch, sync) {
         Ok(()) => {
+            if let Some(seq) = group.last_seq {
+                log.committed.send_replace(seq);
+            }
             for (reply, value) in group.acks {
                 let _ = reply.send(Ok(value));
             }

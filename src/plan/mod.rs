@@ -1,0 +1,604 @@
+//! `plan/`: turns the optimized DataFusion `LogicalPlan` of a materialized
+//! view's query into a stream plan: a tree of incremental operators
+//! ([`PlanNode`]) that the stream runtime runs.
+//!
+//! Every construct the runtime cannot maintain incrementally is refused
+//! here with [`PlanError::Unsupported`] (SQLSTATE 0A000) naming it, so a
+//! view is never answered wrongly. `EXPLAIN CREATE MATERIALIZED VIEW`
+//! prints the tree ([`StreamPlan::explain`]).
+
+use std::sync::Arc;
+
+use datafusion::arrow::compute::SortOptions;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::{DFSchema, JoinType, NullEquality, ScalarValue};
+use datafusion::execution::context::ExecutionProps;
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::{
+    Aggregate, BinaryExpr, Distinct, Expr, Filter, Join, Limit, LogicalPlan, Operator, Projection,
+    Sort, TableScan, Volatility, Window, WindowFunctionDefinition,
+};
+use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
+
+use crate::catalog::{Catalog, MatView, Table};
+
+/// Why a query cannot be a materialized view.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("{0} is not supported in a materialized view")]
+    Unsupported(String),
+    #[error("{0}")]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+}
+
+pub type PlanResult<T> = Result<T, PlanError>;
+
+fn unsupported<T>(what: impl Into<String>) -> PlanResult<T> {
+    Err(PlanError::Unsupported(what.into()))
+}
+
+pub type PhysExpr = Arc<dyn PhysicalExpr>;
+
+/// An aggregate function the aggregate operator maintains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AggKind {
+    Count,
+    CountDistinct,
+    Sum,
+    Avg,
+    Min,
+    Max,
+    BoolAnd,
+    BoolOr,
+}
+
+#[derive(Debug, Clone)]
+pub struct AggSpec {
+    pub kind: AggKind,
+    pub arg: PhysExpr,
+    /// The argument's type.
+    pub input_type: DataType,
+    /// The result's type (as DataFusion plans it).
+    pub output_type: DataType,
+    pub label: String,
+}
+
+/// The join types the join operator maintains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinKind {
+    Inner,
+    Left,
+    Right,
+    Full,
+    LeftSemi,
+    LeftAnti,
+    RightSemi,
+    RightAnti,
+}
+
+impl JoinKind {
+    pub fn preserves_left(self) -> bool {
+        matches!(self, JoinKind::Left | JoinKind::Full)
+    }
+    pub fn preserves_right(self) -> bool {
+        matches!(self, JoinKind::Right | JoinKind::Full)
+    }
+}
+
+#[derive(Clone)]
+pub enum Op {
+    /// Changes of a table, read from the change log (projected columns).
+    TableSource { table: Arc<Table>, projection: Option<Vec<usize>> },
+    /// Changes of another materialized view.
+    MvSource { mv: Arc<MatView> },
+    Filter { predicate: PhysExpr },
+    Project { exprs: Vec<PhysExpr> },
+    Aggregate { group: Vec<PhysExpr>, aggs: Vec<AggSpec> },
+    Join { kind: JoinKind, left_keys: Vec<PhysExpr>, right_keys: Vec<PhysExpr> },
+    Union,
+    /// Rows `skip .. skip + limit` per partition in `order`; with `rank`, a
+    /// `row_number` column is appended.
+    TopN {
+        partition: Vec<PhysExpr>,
+        order: Vec<(PhysExpr, SortOptions)>,
+        skip: usize,
+        limit: Option<usize>,
+        rank: bool,
+    },
+}
+
+#[derive(Clone)]
+pub struct PlanNode {
+    /// Position in the plan (pre-order); names the operator's state.
+    pub id: u32,
+    pub op: Op,
+    /// Output schema (every column nullable).
+    pub schema: SchemaRef,
+    pub inputs: Vec<PlanNode>,
+    /// One line for EXPLAIN.
+    pub label: String,
+}
+
+/// A materialized view's stream plan.
+pub struct StreamPlan {
+    pub root: PlanNode,
+    /// The view's columns (Postgres names, nullable).
+    pub schema: SchemaRef,
+    /// Tables whose change log the plan reads.
+    pub tables: Vec<u64>,
+    /// Materialized views the plan reads.
+    pub mvs: Vec<u64>,
+}
+
+/// Every column nullable: what stream batches carry.
+pub fn nullable(schema: &Schema) -> SchemaRef {
+    Arc::new(Schema::new(
+        schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<Field>>(),
+    ))
+}
+
+/// Refuses functions whose result is not a function of the row (random(),
+/// now()): a view must equal its query over the current tables.
+pub fn check_deterministic(plan: &LogicalPlan) -> PlanResult<()> {
+    let mut bad: Option<String> = None;
+    plan.apply(|node| {
+        node.apply_expressions(|e| {
+            e.apply(|e| {
+                if let Expr::ScalarFunction(f) = e {
+                    if f.func.signature().volatility != Volatility::Immutable {
+                        bad = Some(format!("non-deterministic function {}()", f.func.name()));
+                        return Ok(TreeNodeRecursion::Stop);
+                    }
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })?;
+        Ok(if bad.is_some() { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
+    })?;
+    match bad {
+        Some(b) => unsupported(b),
+        None => Ok(()),
+    }
+}
+
+/// Names of every relation a (not yet analyzed) plan reads, in order.
+pub fn referenced_relations(plan: &LogicalPlan) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            let name = scan.table_name.table().to_string();
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    names
+}
+
+struct Builder<'a> {
+    catalog: &'a Catalog,
+    next_id: u32,
+    tables: Vec<u64>,
+    mvs: Vec<u64>,
+    props: ExecutionProps,
+}
+
+/// Builds the stream plan of an optimized logical plan; `schema` is the
+/// view's output schema (Postgres column names).
+pub fn build(catalog: &Catalog, plan: &LogicalPlan, schema: &Schema) -> PlanResult<StreamPlan> {
+    let mut b = Builder { catalog, next_id: 0, tables: Vec::new(), mvs: Vec::new(), props: ExecutionProps::new() };
+    let root = b.node(plan, None)?;
+    let schema = nullable(schema);
+    if root.schema.fields().len() != schema.fields().len() {
+        return Err(PlanError::DataFusion(datafusion::error::DataFusionError::Internal(
+            "stream plan and view have different columns".into(),
+        )));
+    }
+    if b.tables.is_empty() && b.mvs.is_empty() {
+        return unsupported("a query that reads no table");
+    }
+    Ok(StreamPlan { root, schema, tables: b.tables, mvs: b.mvs })
+}
+
+/// A `row_number` bound pushed down from a filter: (column name, max rank).
+type RankHint = Option<(String, usize)>;
+
+impl Builder<'_> {
+    fn id(&mut self) -> u32 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    fn phys(&self, e: &Expr, schema: &DFSchema) -> PlanResult<PhysExpr> {
+        Ok(create_physical_expr(e, schema, &self.props, &PhysicalPlanningContext::default())?)
+    }
+
+    fn leaf(&mut self, op: Op, schema: SchemaRef, label: String) -> PlanNode {
+        PlanNode { id: self.id(), op, schema, inputs: Vec::new(), label }
+    }
+
+    fn node(&mut self, plan: &LogicalPlan, hint: RankHint) -> PlanResult<PlanNode> {
+        let schema = nullable(plan.schema().as_arrow());
+        match plan {
+            LogicalPlan::TableScan(scan) => self.scan(scan, schema),
+            LogicalPlan::SubqueryAlias(a) => self.node(&a.input, hint),
+            LogicalPlan::Projection(p) => self.projection(p, schema, hint),
+            LogicalPlan::Filter(f) => self.filter(f, schema),
+            LogicalPlan::Aggregate(a) => self.aggregate(a, schema),
+            LogicalPlan::Distinct(Distinct::All(input)) => {
+                let id = self.id();
+                let child = self.node(input, None)?;
+                let in_schema = input.schema();
+                let group = (0..in_schema.fields().len())
+                    .map(|i| self.phys(&Expr::Column(in_schema.columns()[i].clone()), in_schema))
+                    .collect::<PlanResult<Vec<_>>>()?;
+                Ok(PlanNode {
+                    id,
+                    op: Op::Aggregate { group, aggs: Vec::new() },
+                    schema,
+                    inputs: vec![child],
+                    label: "Distinct: state=count per row".into(),
+                })
+            }
+            LogicalPlan::Distinct(Distinct::On(_)) => unsupported("DISTINCT ON"),
+            LogicalPlan::Join(j) => self.join(j, schema),
+            LogicalPlan::Union(u) => {
+                let id = self.id();
+                let inputs =
+                    u.inputs.iter().map(|i| self.node(i, None)).collect::<PlanResult<Vec<_>>>()?;
+                Ok(PlanNode { id, op: Op::Union, schema, inputs, label: "Union All: state=none".into() })
+            }
+            LogicalPlan::Sort(s) => self.sort(s, 0, s.fetch, schema, hint),
+            LogicalPlan::Limit(l) => self.limit(l, schema),
+            LogicalPlan::Window(w) => self.window(w, schema, hint),
+            LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => {
+                unsupported("a query part that reads no table (VALUES or a FROM-less SELECT)")
+            }
+            other => unsupported(format!("the plan node {}", other.display())),
+        }
+    }
+
+    fn scan(&mut self, scan: &TableScan, schema: SchemaRef) -> PlanResult<PlanNode> {
+        let qualified = scan.table_name.schema().is_some_and(|s| s != crate::engine::provider::PUBLIC_SCHEMA);
+        let name = scan.table_name.table();
+        if qualified {
+            return unsupported(format!("reading {}", scan.table_name));
+        }
+        if scan.fetch.is_some() {
+            return unsupported("LIMIT pushed into a scan");
+        }
+        if let Some(table) = self.catalog.get(name) {
+            if !self.tables.contains(&table.id()) {
+                self.tables.push(table.id());
+            }
+            let cols: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+            let label = format!("TableSource: table={name}, columns=[{}], emits=retracting", cols.join(", "));
+            return Ok(self.leaf(Op::TableSource { table, projection: scan.projection.clone() }, schema, label));
+        }
+        if let Some(mv) = self.catalog.get_mv(name) {
+            if !self.mvs.contains(&mv.def.id) {
+                self.mvs.push(mv.def.id);
+            }
+            if scan.projection.is_some() {
+                // Sources deliver whole rows; project them here.
+                let id = self.id();
+                let full = nullable(&mv.schema);
+                let src = self.leaf(
+                    Op::MvSource { mv: mv.clone() },
+                    full.clone(),
+                    format!("MvSource: view={name}, emits=retracting"),
+                );
+                let projection = scan.projection.clone().unwrap_or_default();
+                let exprs = projection
+                    .iter()
+                    .map(|&i| -> PhysExpr {
+                        Arc::new(datafusion::physical_expr::expressions::Column::new(full.field(i).name(), i))
+                    })
+                    .collect();
+                return Ok(PlanNode {
+                    id,
+                    op: Op::Project { exprs },
+                    schema,
+                    inputs: vec![src],
+                    label: "Project: columns of the view".into(),
+                });
+            }
+            let label = format!("MvSource: view={name}, emits=retracting");
+            return Ok(self.leaf(Op::MvSource { mv }, schema, label));
+        }
+        unsupported(format!("reading {name} (not a table or materialized view)"))
+    }
+
+    fn projection(&mut self, p: &Projection, schema: SchemaRef, hint: RankHint) -> PlanResult<PlanNode> {
+        let id = self.id();
+        // Pass a row_number bound through when the column is passed on as is.
+        let child_hint = hint.and_then(|(name, n)| {
+            let pos = p.schema.fields().iter().position(|f| f.name() == &name)?;
+            match p.expr.get(pos)?.clone().unalias() {
+                Expr::Column(c) => Some((c.name, n)),
+                _ => None,
+            }
+        });
+        let child = self.node(&p.input, child_hint)?;
+        let exprs = p.expr.iter().map(|e| self.phys(e, p.input.schema())).collect::<PlanResult<Vec<_>>>()?;
+        let label = format!(
+            "Project: [{}], state=none",
+            p.expr.iter().map(|e| e.schema_name().to_string()).collect::<Vec<_>>().join(", ")
+        );
+        Ok(PlanNode { id, op: Op::Project { exprs }, schema, inputs: vec![child], label })
+    }
+
+    fn filter(&mut self, f: &Filter, schema: SchemaRef) -> PlanResult<PlanNode> {
+        let id = self.id();
+        let hint = rank_bound(&f.predicate);
+        let child = self.node(&f.input, hint)?;
+        let predicate = self.phys(&f.predicate, f.input.schema())?;
+        let label = format!("Filter: {}, state=none", f.predicate);
+        Ok(PlanNode { id, op: Op::Filter { predicate }, schema, inputs: vec![child], label })
+    }
+
+    fn aggregate(&mut self, a: &Aggregate, schema: SchemaRef) -> PlanResult<PlanNode> {
+        let id = self.id();
+        let child = self.node(&a.input, None)?;
+        let in_schema = a.input.schema();
+        let mut group = Vec::new();
+        for g in &a.group_expr {
+            if matches!(g, Expr::GroupingSet(_)) {
+                return unsupported("GROUPING SETS, CUBE and ROLLUP");
+            }
+            group.push(self.phys(g, in_schema)?);
+        }
+        let mut aggs = Vec::new();
+        for (i, e) in a.aggr_expr.iter().enumerate() {
+            let output_type = a.schema.field(a.group_expr.len() + i).data_type().clone();
+            aggs.push(self.agg_spec(e, in_schema, output_type)?);
+        }
+        let keys = a.group_expr.iter().map(|g| g.schema_name().to_string()).collect::<Vec<_>>().join(", ");
+        let labels = aggs.iter().map(|s| s.label.clone()).collect::<Vec<_>>().join(", ");
+        let state = if aggs.iter().any(|s| matches!(s.kind, AggKind::Min | AggKind::Max | AggKind::CountDistinct)) {
+            "accumulators per group + value multisets for min/max/count(distinct)"
+        } else {
+            "accumulators per group"
+        };
+        let label = format!("Aggregate: group=[{keys}], aggs=[{labels}], state={state}, emits=retracting");
+        Ok(PlanNode { id, op: Op::Aggregate { group, aggs }, schema, inputs: vec![child], label })
+    }
+
+    fn agg_spec(&self, e: &Expr, in_schema: &DFSchema, output_type: DataType) -> PlanResult<AggSpec> {
+        let Expr::AggregateFunction(f) = e.clone().unalias() else {
+            return unsupported(format!("the aggregate expression {e}"));
+        };
+        let p = &f.params;
+        if p.filter.is_some() {
+            return unsupported("FILTER (WHERE ...) on an aggregate");
+        }
+        if !p.order_by.is_empty() {
+            return unsupported("ORDER BY inside an aggregate");
+        }
+        if p.args.len() != 1 {
+            return unsupported(format!("aggregate {} with {} arguments", f.func.name(), p.args.len()));
+        }
+        let name = f.func.name().to_lowercase();
+        let kind = match (name.as_str(), p.distinct) {
+            ("count", false) => AggKind::Count,
+            ("count", true) => AggKind::CountDistinct,
+            ("sum", false) => AggKind::Sum,
+            ("avg" | "mean", false) => AggKind::Avg,
+            ("min", _) => AggKind::Min,
+            ("max", _) => AggKind::Max,
+            ("bool_and", _) => AggKind::BoolAnd,
+            ("bool_or", _) => AggKind::BoolOr,
+            (other, true) => return unsupported(format!("{other}(DISTINCT ...)")),
+            (other, false) => return unsupported(format!("the aggregate function {other}")),
+        };
+        let input_type = datafusion::logical_expr::ExprSchemable::get_type(&p.args[0], in_schema)?;
+        if matches!(kind, AggKind::Sum | AggKind::Avg)
+            && !(input_type.is_integer() || input_type.is_floating() || matches!(input_type, DataType::Decimal128(..)))
+        {
+            return unsupported(format!("{name} over {input_type}"));
+        }
+        let arg = self.phys(&p.args[0], in_schema)?;
+        Ok(AggSpec { kind, arg, input_type, output_type, label: e.schema_name().to_string() })
+    }
+
+    fn join(&mut self, j: &Join, schema: SchemaRef) -> PlanResult<PlanNode> {
+        let kind = match j.join_type {
+            JoinType::Inner => JoinKind::Inner,
+            JoinType::Left => JoinKind::Left,
+            JoinType::Right => JoinKind::Right,
+            JoinType::Full => JoinKind::Full,
+            JoinType::LeftSemi => JoinKind::LeftSemi,
+            JoinType::LeftAnti => JoinKind::LeftAnti,
+            JoinType::RightSemi => JoinKind::RightSemi,
+            JoinType::RightAnti => JoinKind::RightAnti,
+            other => return unsupported(format!("{other} join")),
+        };
+        if j.null_equality == NullEquality::NullEqualsNull {
+            return unsupported("a join where NULL keys match (INTERSECT, EXCEPT)");
+        }
+        if j.filter.is_some() && kind != JoinKind::Inner {
+            return unsupported(format!("a non-equality condition in a {:?} join", j.join_type));
+        }
+        let filter_id = j.filter.as_ref().map(|_| self.id());
+        let id = self.id();
+        let left = self.node(&j.left, None)?;
+        let right = self.node(&j.right, None)?;
+        let left_keys = j.on.iter().map(|(l, _)| self.phys(l, j.left.schema())).collect::<PlanResult<Vec<_>>>()?;
+        let right_keys = j.on.iter().map(|(_, r)| self.phys(r, j.right.schema())).collect::<PlanResult<Vec<_>>>()?;
+        let keys = j.on.iter().map(|(l, r)| format!("{l} = {r}")).collect::<Vec<_>>().join(" AND ");
+        let label = format!(
+            "Join: type={:?}, on=[{keys}], state=rows of both sides by join key + match counts, emits=retracting",
+            j.join_type
+        );
+        let node = PlanNode {
+            id,
+            op: Op::Join { kind, left_keys, right_keys },
+            schema: schema.clone(),
+            inputs: vec![left, right],
+            label,
+        };
+        match (&j.filter, filter_id) {
+            (Some(f), Some(fid)) => {
+                let predicate = self.phys(f, &j.schema)?;
+                Ok(PlanNode {
+                    id: fid,
+                    op: Op::Filter { predicate },
+                    schema,
+                    inputs: vec![node],
+                    label: format!("Filter: {f} (join condition), state=none"),
+                })
+            }
+            _ => Ok(node),
+        }
+    }
+
+    fn limit(&mut self, l: &Limit, schema: SchemaRef) -> PlanResult<PlanNode> {
+        use datafusion::logical_expr::{FetchType, SkipType};
+        let skip = match l.get_skip_type()? {
+            SkipType::Literal(s) => s,
+            SkipType::UnsupportedExpr => return unsupported("a non-constant OFFSET"),
+        };
+        let fetch = match l.get_fetch_type()? {
+            FetchType::Literal(f) => f,
+            FetchType::UnsupportedExpr => return unsupported("a non-constant LIMIT"),
+        };
+        match l.input.as_ref() {
+            LogicalPlan::Sort(s) => self.sort(s, skip, fetch, schema, None),
+            _ => unsupported("LIMIT or OFFSET without ORDER BY"),
+        }
+    }
+
+    fn sort(&mut self, s: &Sort, skip: usize, fetch: Option<usize>, schema: SchemaRef, hint: RankHint) -> PlanResult<PlanNode> {
+        if fetch.is_none() && skip == 0 {
+            // A view is a set: ORDER BY alone has no effect on it.
+            return self.node(&s.input, hint);
+        }
+        let id = self.id();
+        let child = self.node(&s.input, None)?;
+        let order = s
+            .expr
+            .iter()
+            .map(|e| {
+                Ok((self.phys(&e.expr, s.input.schema())?, SortOptions { descending: !e.asc, nulls_first: e.nulls_first }))
+            })
+            .collect::<PlanResult<Vec<_>>>()?;
+        let limit = fetch;
+        let label = format!(
+            "TopN: order=[{}], offset={skip}, limit={}, state=rows ordered by sort key, emits=retracting",
+            s.expr.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", "),
+            limit.map_or("all".into(), |l| l.to_string())
+        );
+        Ok(PlanNode {
+            id,
+            op: Op::TopN { partition: Vec::new(), order, skip, limit, rank: false },
+            schema,
+            inputs: vec![child],
+            label,
+        })
+    }
+
+    fn window(&mut self, w: &Window, schema: SchemaRef, hint: RankHint) -> PlanResult<PlanNode> {
+        let [expr] = w.window_expr.as_slice() else {
+            return unsupported("several window functions in one query");
+        };
+        let out_name = w.schema.field(w.schema.fields().len() - 1).name().clone();
+        let Expr::WindowFunction(f) = expr.clone().unalias() else {
+            return unsupported(format!("the window expression {expr}"));
+        };
+        let is_row_number = matches!(&f.fun, WindowFunctionDefinition::WindowUDF(u) if u.name() == "row_number");
+        if !is_row_number {
+            return unsupported(format!("the window function {}", f.fun));
+        }
+        if f.params.order_by.is_empty() {
+            return unsupported("ROW_NUMBER() without ORDER BY");
+        }
+        let id = self.id();
+        let child = self.node(&w.input, None)?;
+        let in_schema = w.input.schema();
+        let partition =
+            f.params.partition_by.iter().map(|e| self.phys(e, in_schema)).collect::<PlanResult<Vec<_>>>()?;
+        let order = f
+            .params
+            .order_by
+            .iter()
+            .map(|e| Ok((self.phys(&e.expr, in_schema)?, SortOptions { descending: !e.asc, nulls_first: e.nulls_first })))
+            .collect::<PlanResult<Vec<_>>>()?;
+        let limit = hint.filter(|(name, _)| *name == out_name).map(|(_, n)| n);
+        let label = format!(
+            "TopN: row_number() partition=[{}], order=[{}], limit={}, state=rows per partition ordered by sort key, emits=retracting",
+            f.params.partition_by.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", "),
+            f.params.order_by.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", "),
+            limit.map_or("all".into(), |l| l.to_string())
+        );
+        Ok(PlanNode {
+            id,
+            op: Op::TopN { partition, order, skip: 0, limit, rank: true },
+            schema,
+            inputs: vec![child],
+            label,
+        })
+    }
+}
+
+/// A bound `col <= N`, `col < N` or `col = 1` among a filter's conjuncts.
+fn rank_bound(predicate: &Expr) -> RankHint {
+    let mut found = None;
+    for c in datafusion::logical_expr::utils::split_conjunction(predicate) {
+        if let Expr::BinaryExpr(BinaryExpr { left, op, right }) = c {
+            let (col, op, lit) = match (left.as_ref(), right.as_ref()) {
+                (Expr::Column(col), Expr::Literal(v, _)) => (col, *op, v),
+                (Expr::Literal(v, _), Expr::Column(col)) => (col, flip(*op), v),
+                _ => continue,
+            };
+            let Some(n) = literal_usize(lit) else { continue };
+            let bound = match op {
+                Operator::LtEq => n,
+                Operator::Lt => n.saturating_sub(1),
+                Operator::Eq if n == 1 => 1,
+                _ => continue,
+            };
+            found = Some((col.name.clone(), bound));
+        }
+    }
+    found
+}
+
+fn flip(op: Operator) -> Operator {
+    match op {
+        Operator::Lt => Operator::Gt,
+        Operator::LtEq => Operator::GtEq,
+        Operator::Gt => Operator::Lt,
+        Operator::GtEq => Operator::LtEq,
+        o => o,
+    }
+}
+
+fn literal_usize(v: &ScalarValue) -> Option<usize> {
+    match v {
+        ScalarValue::Int64(Some(n)) if *n >= 0 => Some(*n as usize),
+        ScalarValue::Int32(Some(n)) if *n >= 0 => Some(*n as usize),
+        ScalarValue::UInt64(Some(n)) => Some(*n as usize),
+        _ => None,
+    }
+}
+
+impl StreamPlan {
+    /// The tree as text, one operator per line (EXPLAIN).
+    pub fn explain(&self, name: &str) -> Vec<String> {
+        let mut lines = vec![format!(
+            "Materialize: view={name}, columns=[{}], state=rows with multiplicity (the view's contents)",
+            self.schema.fields().iter().map(|f| f.name().clone()).collect::<Vec<_>>().join(", ")
+        )];
+        fn walk(n: &PlanNode, depth: usize, out: &mut Vec<String>) {
+            out.push(format!("{}{} [node {}]", "  ".repeat(depth), n.label, n.id));
+            for i in &n.inputs {
+                walk(i, depth + 1, out);
+            }
+        }
+        walk(&self.root, 1, &mut lines);
+        lines
+    }
+}

@@ -1,0 +1,480 @@
+//! The GROUP BY operator (also DISTINCT, which is a GROUP BY on every
+//! column without aggregates).
+//!
+//! Each batch is first pre-aggregated: rows are mapped to the batch's
+//! distinct groups (Arrow row format keys) and every aggregate's weighted
+//! delta is summed per group in one columnar pass. Only then is state
+//! touched, once per group per batch (and written once per group per
+//! epoch, at the barrier). Per group the state holds the row count and one
+//! accumulator per aggregate:
+//!
+//! | aggregate | accumulator |
+//! |---|---|
+//! | count(x) | non-null count |
+//! | sum, avg | sum (i128 or f64) and non-null count |
+//! | min, max | non-null count and the current extreme; plus a multiset value → count |
+//! | count(DISTINCT x) | distinct count; plus a multiset value → count |
+//! | bool_and, bool_or | true count and false count |
+//!
+//! so every aggregate retracts exactly: MIN/MAX losing their extreme find
+//! the next one as the first key of the group's multiset in RocksDB order.
+//! For each touched group the operator emits the old output row (-1) and
+//! the new one (+1) when they differ. A global aggregate (no GROUP BY)
+//! always has exactly one row, emitted at the first barrier if no input
+//! came.
+
+use std::collections::HashMap;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch};
+use datafusion::arrow::compute::{SortOptions, cast};
+use datafusion::arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64Type, SchemaRef};
+use datafusion::common::ScalarValue;
+
+use super::Operator;
+use crate::plan::{AggKind, AggSpec, PhysExpr};
+use crate::stream::rows::{RowCodec, decode_count, encode_count, push_len_prefixed};
+use crate::stream::state::StateTable;
+use crate::stream::{Changes, StateWrite, StreamError, StreamResult};
+
+const GROUP_TAG: u8 = 0;
+const MULTISET_TAG: u8 = 1;
+
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Acc {
+    a: i64,
+    b: i64,
+    int: i128,
+    float: f64,
+    value: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+struct GroupState {
+    rows: i64,
+    accs: Vec<Acc>,
+}
+
+impl GroupState {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + self.accs.len() * 48);
+        out.extend_from_slice(&self.rows.to_le_bytes());
+        for a in &self.accs {
+            out.extend_from_slice(&a.a.to_le_bytes());
+            out.extend_from_slice(&a.b.to_le_bytes());
+            out.extend_from_slice(&a.int.to_le_bytes());
+            out.extend_from_slice(&a.float.to_le_bytes());
+            match &a.value {
+                None => out.push(0),
+                Some(v) => {
+                    out.push(1);
+                    push_len_prefixed(&mut out, v);
+                }
+            }
+        }
+        out
+    }
+
+    fn decode(buf: &[u8], n: usize) -> StreamResult<Self> {
+        let bad = || StreamError::Corrupt("aggregate state".into());
+        let take = |buf: &mut &[u8], k: usize| -> StreamResult<Vec<u8>> {
+            let (h, t) = buf.split_at_checked(k).ok_or_else(bad)?;
+            *buf = t;
+            Ok(h.to_vec())
+        };
+        let mut buf = buf;
+        let i64_of = |v: Vec<u8>| -> StreamResult<i64> { Ok(i64::from_le_bytes(v.try_into().map_err(|_| bad())?)) };
+        let rows = i64_of(take(&mut buf, 8)?)?;
+        let mut accs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let a = i64_of(take(&mut buf, 8)?)?;
+            let b = i64_of(take(&mut buf, 8)?)?;
+            let int = i128::from_le_bytes(take(&mut buf, 16)?.try_into().map_err(|_| bad())?);
+            let float = f64::from_le_bytes(take(&mut buf, 8)?.try_into().map_err(|_| bad())?);
+            let flag = take(&mut buf, 1)?[0];
+            let value = if flag == 1 {
+                let len = u32::from_be_bytes(take(&mut buf, 4)?.try_into().map_err(|_| bad())?) as usize;
+                Some(take(&mut buf, len)?)
+            } else {
+                None
+            };
+            accs.push(Acc { a, b, int, float, value });
+        }
+        Ok(Self { rows, accs })
+    }
+}
+
+pub struct AggregateOp {
+    group: Vec<PhysExpr>,
+    aggs: Vec<AggSpec>,
+    schema: SchemaRef,
+    group_codec: RowCodec,
+    /// Per aggregate: the codec of its values (min/max/count distinct).
+    value_codecs: Vec<Option<RowCodec>>,
+    state: StateTable,
+    global_checked: bool,
+}
+
+impl AggregateOp {
+    pub fn new(group: Vec<PhysExpr>, aggs: Vec<AggSpec>, schema: SchemaRef, state: StateTable) -> StreamResult<Self> {
+        let group_types: Vec<DataType> =
+            schema.fields().iter().take(group.len()).map(|f| f.data_type().clone()).collect();
+        let group_codec = RowCodec::new(&group_types)?;
+        let value_codecs = aggs
+            .iter()
+            .map(|a| match a.kind {
+                AggKind::Min | AggKind::CountDistinct => {
+                    RowCodec::with_options(vec![(a.input_type.clone(), SortOptions::default())]).map(Some)
+                }
+                AggKind::Max => RowCodec::with_options(vec![(
+                    a.input_type.clone(),
+                    SortOptions { descending: true, nulls_first: false },
+                )])
+                .map(Some),
+                _ => Ok(None),
+            })
+            .collect::<StreamResult<Vec<_>>>()?;
+        Ok(Self { group, aggs, schema, group_codec, value_codecs, state, global_checked: false })
+    }
+
+    fn is_global(&self) -> bool {
+        self.group.is_empty()
+    }
+
+    fn group_key(group: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(group.len() + 1);
+        k.push(GROUP_TAG);
+        k.extend_from_slice(group);
+        k
+    }
+
+    fn multiset_prefix(agg: usize, group: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(group.len() + 6);
+        k.push(MULTISET_TAG);
+        k.push(agg as u8);
+        push_len_prefixed(&mut k, group);
+        k
+    }
+
+    fn load(&mut self, group: &[u8]) -> StreamResult<Option<GroupState>> {
+        match self.state.get(&Self::group_key(group))? {
+            Some(v) => Ok(Some(GroupState::decode(&v, self.aggs.len())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The output values of a group's state.
+    fn outputs(&self, s: &GroupState) -> StreamResult<Vec<ScalarValue>> {
+        self.aggs.iter().zip(&s.accs).enumerate().map(|(i, (spec, acc))| self.output(i, spec, acc)).collect()
+    }
+
+    fn output(&self, i: usize, spec: &AggSpec, acc: &Acc) -> StreamResult<ScalarValue> {
+        let null = || ScalarValue::try_from(&spec.output_type);
+        let v = match spec.kind {
+            AggKind::Count | AggKind::CountDistinct => ScalarValue::Int64(Some(acc.a)),
+            AggKind::Sum if acc.a == 0 => null()?,
+            AggKind::Sum => match &spec.output_type {
+                DataType::Float64 | DataType::Float32 => ScalarValue::Float64(Some(acc.float)),
+                DataType::Decimal128(p, s) => ScalarValue::Decimal128(Some(acc.int), *p, *s),
+                DataType::UInt64 => ScalarValue::UInt64(Some(acc.int as u64)),
+                _ => ScalarValue::Int64(Some(acc.int as i64)),
+            },
+            AggKind::Avg if acc.a == 0 => null()?,
+            AggKind::Avg => match (&spec.output_type, &spec.input_type) {
+                (DataType::Decimal128(p, s_out), DataType::Decimal128(_, s_in)) => {
+                    let shift = i32::from(*s_out) - i32::from(*s_in);
+                    let scaled = if shift >= 0 { acc.int * 10i128.pow(shift as u32) } else { acc.int / 10i128.pow((-shift) as u32) };
+                    ScalarValue::Decimal128(Some(scaled / i128::from(acc.a)), *p, *s_out)
+                }
+                (_, t) if t.is_floating() => ScalarValue::Float64(Some(acc.float / acc.a as f64)),
+                _ => ScalarValue::Float64(Some(acc.int as f64 / acc.a as f64)),
+            },
+            AggKind::Min | AggKind::Max => match (&acc.value, &self.value_codecs[i]) {
+                (Some(bytes), Some(codec)) => {
+                    let cols = codec.decode([bytes.as_slice()])?;
+                    ScalarValue::try_from_array(&cols[0], 0)?
+                }
+                _ => null()?,
+            },
+            AggKind::BoolAnd if acc.a + acc.b == 0 => null()?,
+            AggKind::BoolAnd => ScalarValue::Boolean(Some(acc.b == 0)),
+            AggKind::BoolOr if acc.a + acc.b == 0 => null()?,
+            AggKind::BoolOr => ScalarValue::Boolean(Some(acc.a > 0)),
+        };
+        if v.data_type() != spec.output_type {
+            return Ok(v.cast_to(&spec.output_type)?);
+        }
+        Ok(v)
+    }
+
+    fn empty_state(&self) -> GroupState {
+        GroupState { rows: 0, accs: vec![Acc::default(); self.aggs.len()] }
+    }
+
+    /// Emits the global aggregate's row once, even with no input.
+    fn ensure_global(&mut self, out: &mut Emitted) -> StreamResult<()> {
+        if !self.is_global() || self.global_checked {
+            return Ok(());
+        }
+        self.global_checked = true;
+        if self.load(&[])?.is_none() {
+            let s = self.empty_state();
+            out.push(Vec::new(), self.outputs(&s)?, 1);
+            self.state.put(Self::group_key(&[]), s.encode());
+        }
+        Ok(())
+    }
+
+    fn build(&self, out: Emitted) -> StreamResult<Vec<Changes>> {
+        if out.weights.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = out.weights.len();
+        let mut columns: Vec<ArrayRef> = self.group_codec.decode(out.groups.iter().map(Vec::as_slice))?;
+        for (j, spec) in self.aggs.iter().enumerate() {
+            let values = out.values.iter().map(|v| v[j].clone());
+            let array = ScalarValue::iter_to_array(values)?;
+            let array = if array.data_type() != &spec.output_type { cast(&array, &spec.output_type)? } else { array };
+            columns.push(array);
+        }
+        let options = datafusion::arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(n));
+        let batch = RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)?;
+        Ok(vec![Changes::new(batch, Int64Array::from(out.weights))])
+    }
+}
+
+#[derive(Default)]
+struct Emitted {
+    groups: Vec<Vec<u8>>,
+    values: Vec<Vec<ScalarValue>>,
+    weights: Vec<i64>,
+}
+
+impl Emitted {
+    fn push(&mut self, group: Vec<u8>, values: Vec<ScalarValue>, weight: i64) {
+        self.groups.push(group);
+        self.values.push(values);
+        self.weights.push(weight);
+    }
+}
+
+/// One batch's delta for one group.
+#[derive(Default, Clone)]
+struct Delta {
+    rows: i64,
+    accs: Vec<Acc>,
+}
+
+impl Operator for AggregateOp {
+    fn process(&mut self, _input: usize, changes: Changes) -> StreamResult<Vec<Changes>> {
+        let n = changes.len();
+        let mut out = Emitted::default();
+        self.ensure_global(&mut out)?;
+        if n == 0 {
+            return self.build(out);
+        }
+        let weights = changes.weights.values();
+        let group_cols = self
+            .group
+            .iter()
+            .map(|e| e.evaluate(&changes.batch).and_then(|v| v.into_array(n)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let keys = self.group_codec.encode(&group_cols, n)?;
+
+        // Pre-aggregate: rows → batch-local group index.
+        let mut index: HashMap<&[u8], usize> = HashMap::new();
+        let mut group_of = Vec::with_capacity(n);
+        let mut order: Vec<&[u8]> = Vec::new();
+        for i in 0..n {
+            let k = keys.row(i);
+            let g = *index.entry(k).or_insert_with(|| {
+                order.push(k);
+                order.len() - 1
+            });
+            group_of.push(g);
+        }
+        let mut deltas = vec![Delta { rows: 0, accs: vec![Acc::default(); self.aggs.len()] }; order.len()];
+        for i in 0..n {
+            deltas[group_of[i]].rows += weights[i];
+        }
+        // Per aggregate, one columnar pass; multisets collect value deltas.
+        let mut multisets: Vec<HashMap<usize, HashMap<Vec<u8>, i64>>> = vec![HashMap::new(); self.aggs.len()];
+        for (j, spec) in self.aggs.iter().enumerate() {
+            let arg = spec.arg.evaluate(&changes.batch)?.into_array(n)?;
+            accumulate(spec, j, &arg, weights, &group_of, &mut deltas, self.value_codecs[j].as_ref(), &mut multisets[j])?;
+        }
+
+        for (g, group) in order.iter().enumerate() {
+            let old = self.load(group)?;
+            let old_out = match &old {
+                Some(s) if s.rows > 0 || self.is_global() => Some(self.outputs(s)?),
+                _ => None,
+            };
+            let mut s = old.unwrap_or_else(|| self.empty_state());
+            let d = &deltas[g];
+            s.rows += d.rows;
+            for (j, spec) in self.aggs.iter().enumerate() {
+                let acc = &mut s.accs[j];
+                let da = &d.accs[j];
+                match spec.kind {
+                    AggKind::Count | AggKind::Sum | AggKind::Avg | AggKind::BoolAnd | AggKind::BoolOr => {
+                        acc.a += da.a;
+                        acc.b += da.b;
+                        acc.int = acc.int.wrapping_add(da.int);
+                        acc.float += da.float;
+                    }
+                    AggKind::Min | AggKind::Max | AggKind::CountDistinct => {
+                        acc.a += da.a;
+                    }
+                }
+            }
+            // Multisets of this group.
+            for (j, spec) in self.aggs.iter().enumerate() {
+                if !matches!(spec.kind, AggKind::Min | AggKind::Max | AggKind::CountDistinct) {
+                    continue;
+                }
+                let prefix = Self::multiset_prefix(j, group);
+                let mut touched = false;
+                let entries = multisets[j].remove(&g).unwrap_or_default();
+                for (value, w) in entries {
+                    if w == 0 {
+                        continue;
+                    }
+                    let mut key = prefix.clone();
+                    key.extend_from_slice(&value);
+                    let before = match self.state.get(&key)? {
+                        Some(v) => decode_count(&v)?,
+                        None => 0,
+                    };
+                    let after = before + w;
+                    if after > 0 {
+                        self.state.put(key, encode_count(after));
+                    } else {
+                        self.state.delete(key);
+                    }
+                    if spec.kind == AggKind::CountDistinct {
+                        s.accs[j].a += i64::from(after > 0) - i64::from(before > 0);
+                    }
+                    touched = true;
+                }
+                if touched && spec.kind != AggKind::CountDistinct {
+                    let first = self.state.scan_prefix(&prefix, 1)?;
+                    s.accs[j].value = first.into_iter().next().map(|(k, _)| k[prefix.len()..].to_vec());
+                }
+            }
+            let key = Self::group_key(group);
+            let new_out = if s.rows > 0 || self.is_global() { Some(self.outputs(&s)?) } else { None };
+            if s.rows < 0 {
+                return Err(StreamError::Corrupt("a group's row count went below zero".into()));
+            }
+            if s.rows == 0 && !self.is_global() {
+                self.state.delete(key);
+            } else {
+                self.state.put(key, s.encode());
+            }
+            if old_out != new_out {
+                if let Some(o) = old_out {
+                    out.push(group.to_vec(), o, -1);
+                }
+                if let Some(nw) = new_out {
+                    out.push(group.to_vec(), nw, 1);
+                }
+            }
+        }
+        self.state.evict_if_needed();
+        self.build(out)
+    }
+
+    fn barrier(&mut self, epoch: u64) -> StreamResult<(Vec<Changes>, Vec<StateWrite>)> {
+        let mut out = Emitted::default();
+        self.ensure_global(&mut out)?;
+        let changes = self.build(out)?;
+        let writes = self.state.take_dirty(epoch);
+        self.state.evict_if_needed();
+        Ok((changes, writes))
+    }
+}
+
+/// Adds one aggregate's weighted contributions of a batch to the per-group
+/// deltas (columnar: one pass over the argument array).
+#[allow(clippy::too_many_arguments)]
+fn accumulate(
+    spec: &AggSpec,
+    j: usize,
+    arg: &ArrayRef,
+    weights: &[i64],
+    group_of: &[usize],
+    deltas: &mut [Delta],
+    codec: Option<&RowCodec>,
+    multiset: &mut HashMap<usize, HashMap<Vec<u8>, i64>>,
+) -> StreamResult<()> {
+    let n = arg.len();
+    let valid = |i: usize| arg.is_valid(i);
+    match spec.kind {
+        AggKind::Count => {
+            for i in 0..n {
+                if valid(i) {
+                    deltas[group_of[i]].accs[j].a += weights[i];
+                }
+            }
+        }
+        AggKind::Sum | AggKind::Avg => {
+            if spec.input_type.is_floating() {
+                let a = cast(arg, &DataType::Float64)?;
+                let a = a.as_primitive::<Float64Type>();
+                for i in 0..n {
+                    if valid(i) {
+                        let d = &mut deltas[group_of[i]].accs[j];
+                        d.a += weights[i];
+                        d.float += a.value(i) * weights[i] as f64;
+                    }
+                }
+            } else if let DataType::Decimal128(..) = spec.input_type {
+                let a = arg.as_primitive::<Decimal128Type>();
+                for i in 0..n {
+                    if valid(i) {
+                        let d = &mut deltas[group_of[i]].accs[j];
+                        d.a += weights[i];
+                        d.int = d.int.wrapping_add(a.value(i).wrapping_mul(i128::from(weights[i])));
+                    }
+                }
+            } else {
+                let a = cast(arg, &DataType::Int64)?;
+                let a = a.as_primitive::<Int64Type>();
+                for i in 0..n {
+                    if valid(i) {
+                        let d = &mut deltas[group_of[i]].accs[j];
+                        d.a += weights[i];
+                        d.int += i128::from(a.value(i)) * i128::from(weights[i]);
+                    }
+                }
+            }
+        }
+        AggKind::BoolAnd | AggKind::BoolOr => {
+            let a = cast(arg, &DataType::Boolean)?;
+            let a = a.as_boolean();
+            for i in 0..n {
+                if valid(i) {
+                    let d = &mut deltas[group_of[i]].accs[j];
+                    if a.value(i) {
+                        d.a += weights[i];
+                    } else {
+                        d.b += weights[i];
+                    }
+                }
+            }
+        }
+        AggKind::Min | AggKind::Max | AggKind::CountDistinct => {
+            let codec = codec.ok_or_else(|| StreamError::Corrupt("value codec".into()))?;
+            let rows = codec.encode(std::slice::from_ref(arg), n)?;
+            for i in 0..n {
+                if valid(i) {
+                    if spec.kind != AggKind::CountDistinct {
+                        deltas[group_of[i]].accs[j].a += weights[i];
+                    }
+                    *multiset.entry(group_of[i]).or_default().entry(rows.row(i).to_vec()).or_insert(0) += weights[i];
+                }
+            }
+        }
+    }
+    Ok(())
+}

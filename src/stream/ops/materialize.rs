@@ -1,0 +1,79 @@
+//! The materialize operator: the root of every view. It consolidates an
+//! epoch's changes per distinct row and, at the barrier, applies them to
+//! the view's stored rows (`v<mv id><row>` → multiplicity) in the
+//! checkpoint, and passes the consolidated changes to the views that read
+//! this one. A SELECT on the view reads the stored rows, which change only
+//! when a checkpoint commits: it always sees a complete epoch.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Int64Array, RecordBatch};
+use datafusion::arrow::datatypes::SchemaRef;
+use rocksdb::DB;
+
+use super::Operator;
+use crate::state::StateError;
+use crate::stream::rows::{RowCodec, decode_count, encode_count};
+use crate::stream::{Changes, StateWrite, StreamError, StreamResult};
+
+pub struct MaterializeOp {
+    db: Arc<DB>,
+    prefix: Vec<u8>,
+    schema: SchemaRef,
+    codec: RowCodec,
+    pending: HashMap<Vec<u8>, i64>,
+}
+
+impl MaterializeOp {
+    pub fn new(db: Arc<DB>, prefix: Vec<u8>, schema: SchemaRef) -> StreamResult<Self> {
+        let types: Vec<_> = schema.fields().iter().map(|f| f.data_type().clone()).collect();
+        Ok(Self { db, prefix, codec: RowCodec::new(&types)?, schema, pending: HashMap::new() })
+    }
+}
+
+impl Operator for MaterializeOp {
+    fn process(&mut self, _input: usize, changes: Changes) -> StreamResult<Vec<Changes>> {
+        let rows = self.codec.encode(changes.batch.columns(), changes.len())?;
+        for i in 0..rows.len() {
+            let w = changes.weights.value(i);
+            if w != 0 {
+                *self.pending.entry(rows.row(i).to_vec()).or_insert(0) += w;
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    fn barrier(&mut self, _epoch: u64) -> StreamResult<(Vec<Changes>, Vec<StateWrite>)> {
+        let mut writes = Vec::new();
+        let mut out_rows: Vec<Vec<u8>> = Vec::new();
+        let mut out_weights = Vec::new();
+        for (row, delta) in std::mem::take(&mut self.pending) {
+            if delta == 0 {
+                continue;
+            }
+            let mut key = self.prefix.clone();
+            key.extend_from_slice(&row);
+            let current = match self.db.get(&key).map_err(StateError::from)? {
+                Some(v) => decode_count(&v)?,
+                None => 0,
+            };
+            let next = current + delta;
+            if next < 0 {
+                return Err(StreamError::Corrupt(format!(
+                    "a row of the view would occur {next} times; its input retracted a row it never emitted"
+                )));
+            }
+            writes.push((key, (next > 0).then(|| encode_count(next))));
+            out_rows.push(row);
+            out_weights.push(delta);
+        }
+        if out_rows.is_empty() {
+            return Ok((Vec::new(), writes));
+        }
+        let columns = self.codec.decode(out_rows.iter().map(Vec::as_slice))?;
+        let options = datafusion::arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(out_rows.len()));
+        let batch = RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)?;
+        Ok((vec![Changes::new(batch, Int64Array::from(out_weights))], writes))
+    }
+}

@@ -1,0 +1,646 @@
+//! The stream runtime: one coordinator task that owns every view's
+//! operator graph, feeds table changes from the change log into the
+//! graphs' sources, and runs checkpoints.
+//!
+//! **Checkpoint** (every `checkpoint_interval_ms`, or at once when a FLUSH
+//! waits): the coordinator has dispatched the log up to position `seq`; it
+//! sends barrier `epoch` into every table source, collects the state every
+//! operator changed in the epoch and each view's `Done`, and writes all of
+//! it, the checkpoint record `(epoch, seq)` and the truncation of the log up
+//! to `seq` in one synced write. Views read by other views pass the barrier
+//! on, so one checkpoint covers every view consistently.
+//!
+//! **Recovery**: at start-up every view's graph is rebuilt over its state
+//! as of the last checkpoint and the log is replayed from `seq + 1`; the
+//! log holds exactly the table changes committed since (it is written in
+//! the same atomic write as the table rows), so every view catches up to
+//! its tables without recomputing anything.
+//!
+//! **Creating a view**: after a checkpoint (so the views it may read are
+//! durable as of the dispatched position), its tables are switched to
+//! logging, a RocksDB snapshot is taken and the view is filled from the
+//! snapshot (backfill); its table sources then skip log entries the
+//! snapshot already contains (`created_seq`). Its catalog entry is written
+//! in the checkpoint that first holds its contents, so a crash never leaves
+//! a half-built view.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use datafusion::arrow::array::{BooleanArray, Int64Array, RecordBatch};
+use rocksdb::DB;
+use tokio::sync::mpsc::{self, Receiver, Sender, UnboundedReceiver, UnboundedSender};
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+
+use super::ops::{self, OpContext, Out, SourceInput, materialize::MaterializeOp};
+use super::rows::{RowCodec, decode_count};
+use super::state::CacheBudget;
+use super::{Ack, Changes, Message, StateWrite, StreamError, StreamResult};
+use crate::catalog::{Catalog, MvDef, Table};
+use crate::plan::StreamPlan;
+use crate::state::keys::{self, prefix_end};
+use crate::state::log::decode_entry;
+use crate::state::row::RowDecoder;
+use crate::state::{Checkpoint, StateError, Store, WriterHandle};
+
+/// Settings of the stream runtime.
+#[derive(Debug, Clone)]
+pub struct StreamConfig {
+    pub checkpoint_interval_ms: u64,
+    /// Memory for cached operator state, in bytes.
+    pub state_cache_bytes: usize,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self { checkpoint_interval_ms: 1000, state_cache_bytes: 256 << 20 }
+    }
+}
+
+/// Rows per batch fed into a graph.
+const SOURCE_BATCH_ROWS: usize = 4096;
+/// Log entries read per RocksDB pass.
+const LOG_ENTRIES_PER_READ: usize = 1024;
+/// Key prefix of persisted view failures.
+const FAILURE_PREFIX: &[u8] = b"m/mvfail/";
+
+type Reply<T> = oneshot::Sender<StreamResult<T>>;
+
+enum Command {
+    Attach { def: MvDef, plan: StreamPlan, create: bool, reply: Reply<MvDef> },
+    Detach { mv_id: u64, reply: Reply<()> },
+    Flush { seq: u64, reply: Reply<()> },
+    Start,
+    Shutdown { reply: Reply<()> },
+}
+
+type FailureSlot = Arc<Mutex<Option<String>>>;
+
+/// The handle the engine holds.
+pub struct StreamRuntime {
+    cmd: Sender<Command>,
+    writer: WriterHandle,
+    failures: Arc<Mutex<HashMap<u64, FailureSlot>>>,
+}
+
+impl StreamRuntime {
+    /// Starts the coordinator (paused until [`StreamRuntime::start`], so
+    /// that every view can be attached before the log is replayed).
+    pub fn new(store: &Store, catalog: Arc<Catalog>, config: StreamConfig) -> StreamResult<Self> {
+        let checkpoint = store.checkpoint()?;
+        let (cmd, cmd_rx) = mpsc::channel(64);
+        let (acks_tx, acks_rx) = mpsc::unbounded_channel();
+        let failures = Arc::new(Mutex::new(HashMap::new()));
+        let budget = CacheBudget::new(config.state_cache_bytes);
+        budget.committed_epoch.store(checkpoint.epoch, std::sync::atomic::Ordering::SeqCst);
+        let coordinator = Coordinator {
+            db: store.db().clone(),
+            writer: store.writer().clone(),
+            catalog,
+            budget,
+            graphs: BTreeMap::new(),
+            acks_tx,
+            acks_rx,
+            epoch: checkpoint.epoch,
+            read_seq: checkpoint.seq,
+            checkpoint_seq: checkpoint.seq,
+            committed: store.writer().committed_seq(),
+            waiters: Vec::new(),
+            interval: Duration::from_millis(config.checkpoint_interval_ms.max(10)),
+            failures: failures.clone(),
+            started: false,
+        };
+        tokio::spawn(coordinator.run(cmd_rx));
+        Ok(Self { cmd, writer: store.writer().clone(), failures })
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> StreamResult<T> {
+        let (reply, rx) = oneshot::channel();
+        self.cmd.send(make(reply)).await.map_err(|_| StreamError::Stopped)?;
+        rx.await.map_err(|_| StreamError::Stopped)?
+    }
+
+    /// Builds a view's graph. With `create`, fills it from the tables and
+    /// writes its catalog entry in a checkpoint; returns the definition as
+    /// stored (with its `created_seq`).
+    pub async fn attach(&self, def: MvDef, plan: StreamPlan, create: bool) -> StreamResult<MvDef> {
+        self.call(|reply| Command::Attach { def, plan, create, reply }).await
+    }
+
+    /// Stops a view and deletes its contents, state and catalog entry.
+    pub async fn detach(&self, mv_id: u64) -> StreamResult<()> {
+        self.call(|reply| Command::Detach { mv_id, reply }).await
+    }
+
+    /// Resolves once every change committed so far is visible in every
+    /// view.
+    pub async fn flush(&self) -> StreamResult<()> {
+        let seq = *self.writer.committed_seq().borrow();
+        self.call(|reply| Command::Flush { seq, reply }).await
+    }
+
+    /// Begins replaying the log and checkpointing.
+    pub async fn start(&self) -> StreamResult<()> {
+        self.cmd.send(Command::Start).await.map_err(|_| StreamError::Stopped)
+    }
+
+    /// Completes a last checkpoint (graceful shutdown).
+    pub async fn shutdown(&self) -> StreamResult<()> {
+        self.call(|reply| Command::Shutdown { reply }).await
+    }
+
+    /// Why a view stopped changing, if it did.
+    pub fn failure(&self, mv_id: u64) -> Option<String> {
+        let slots = self.failures.lock().ok()?;
+        slots.get(&mv_id)?.lock().ok()?.clone()
+    }
+}
+
+struct TableInput {
+    table: Arc<Table>,
+    projection: Option<Vec<usize>>,
+    tx: Sender<Message>,
+}
+
+struct Graph {
+    def: MvDef,
+    tables: Vec<u64>,
+    table_inputs: Vec<TableInput>,
+    upstream: Vec<u64>,
+    subscribers: Arc<Mutex<Vec<(u64, Sender<Message>)>>>,
+}
+
+struct Coordinator {
+    db: Arc<DB>,
+    writer: WriterHandle,
+    catalog: Arc<Catalog>,
+    budget: Arc<CacheBudget>,
+    graphs: BTreeMap<u64, Graph>,
+    acks_tx: UnboundedSender<Ack>,
+    acks_rx: UnboundedReceiver<Ack>,
+    epoch: u64,
+    /// Log position dispatched to the graphs.
+    read_seq: u64,
+    /// Log position of the last durable checkpoint.
+    checkpoint_seq: u64,
+    committed: watch::Receiver<u64>,
+    waiters: Vec<(u64, Reply<()>)>,
+    interval: Duration,
+    failures: Arc<Mutex<HashMap<u64, FailureSlot>>>,
+    started: bool,
+}
+
+impl Coordinator {
+    async fn run(mut self, mut cmd_rx: Receiver<Command>) {
+        let mut next_checkpoint = Instant::now() + self.interval;
+        loop {
+            tokio::select! {
+                cmd = cmd_rx.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    if let Command::Shutdown { reply } = cmd {
+                        let result = self.catch_up_and_checkpoint().await;
+                        let _ = reply.send(result);
+                        break;
+                    }
+                    self.handle(cmd).await;
+                }
+                changed = self.committed.changed(), if self.started => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    if let Err(e) = self.read_log().await {
+                        tracing::error!("reading the change log failed: {e}");
+                    }
+                }
+                _ = tokio::time::sleep_until(next_checkpoint) => {
+                    next_checkpoint = Instant::now() + self.interval;
+                    if self.started {
+                        if let Err(e) = self.catch_up_and_checkpoint().await {
+                            tracing::error!("checkpoint failed: {e}");
+                        }
+                    }
+                }
+            }
+            if self.started && !self.waiters.is_empty() {
+                let result = self.catch_up_and_checkpoint().await;
+                if let Err(e) = result {
+                    let message = e.to_string();
+                    for (_, w) in self.waiters.drain(..) {
+                        let _ = w.send(Err(StreamError::Failed(message.clone())));
+                    }
+                }
+            }
+        }
+        tracing::debug!("stream runtime stopped");
+    }
+
+    async fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Attach { def, plan, create, reply } => {
+                let _ = reply.send(self.attach(def, plan, create).await);
+            }
+            Command::Detach { mv_id, reply } => {
+                let _ = reply.send(self.detach(mv_id).await);
+            }
+            Command::Flush { seq, reply } => {
+                if seq <= self.checkpoint_seq || (self.graphs.is_empty() && self.started) {
+                    let _ = reply.send(Ok(()));
+                } else {
+                    self.waiters.push((seq, reply));
+                }
+            }
+            Command::Start => self.started = true,
+            Command::Shutdown { .. } => {}
+        }
+    }
+
+    /// Dispatches the log and checkpoints if anything happened since the
+    /// last checkpoint.
+    async fn catch_up_and_checkpoint(&mut self) -> StreamResult<()> {
+        self.read_log().await?;
+        if self.read_seq > self.checkpoint_seq || !self.waiters.is_empty() {
+            self.checkpoint(Vec::new()).await?;
+        }
+        Ok(())
+    }
+
+    /// Feeds committed log entries after `read_seq` to the table sources.
+    async fn read_log(&mut self) -> StreamResult<()> {
+        let target = *self.committed.borrow();
+        while self.read_seq < target {
+            let entries = self.read_entries(target)?;
+            let Some(&(last, _)) = entries.last() else {
+                self.read_seq = target;
+                break;
+            };
+            self.dispatch(&entries).await?;
+            self.read_seq = last;
+        }
+        Ok(())
+    }
+
+    fn read_entries(&self, target: u64) -> StreamResult<Vec<(u64, Vec<u8>)>> {
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_iterate_upper_bound(keys::log_key(target + 1));
+        let mut it = self.db.raw_iterator_opt(opts);
+        it.seek(keys::log_key(self.read_seq + 1));
+        let mut out = Vec::new();
+        while it.valid() && out.len() < LOG_ENTRIES_PER_READ {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else { break };
+            if let Some(seq) = keys::log_seq(k) {
+                out.push((seq, v.to_vec()));
+            }
+            it.next();
+        }
+        it.status().map_err(StateError::from)?;
+        Ok(out)
+    }
+
+    async fn dispatch(&mut self, entries: &[(u64, Vec<u8>)]) -> StreamResult<()> {
+        let subscribed: std::collections::HashSet<u64> =
+            self.graphs.values().flat_map(|g| g.table_inputs.iter().map(|t| t.table.id())).collect();
+        let mut buffers: HashMap<u64, (RowDecoder, Vec<i64>, Vec<u64>)> = HashMap::new();
+        for (seq, entry) in entries {
+            for change in decode_entry(entry) {
+                let change = change?;
+                if !subscribed.contains(&change.table_id) {
+                    continue;
+                }
+                if !buffers.contains_key(&change.table_id) {
+                    let Some(table) = self.table_by_id(change.table_id) else { continue };
+                    buffers.insert(
+                        change.table_id,
+                        (RowDecoder::new(table.schema.clone(), None, SOURCE_BATCH_ROWS)?, Vec::new(), Vec::new()),
+                    );
+                }
+                let Some(buf) = buffers.get_mut(&change.table_id) else { continue };
+                buf.0.push(change.row)?;
+                buf.1.push(change.weight);
+                buf.2.push(*seq);
+                if buf.1.len() >= SOURCE_BATCH_ROWS {
+                    let batch = buf.0.flush()?;
+                    let weights = std::mem::take(&mut buf.1);
+                    let seqs = std::mem::take(&mut buf.2);
+                    self.send_table(change.table_id, batch, weights, seqs).await?;
+                }
+            }
+        }
+        for (table_id, (mut decoder, weights, seqs)) in buffers {
+            if !weights.is_empty() {
+                let batch = decoder.flush()?;
+                self.send_table(table_id, batch, weights, seqs).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn table_by_id(&self, id: u64) -> Option<Arc<Table>> {
+        self.graphs
+            .values()
+            .flat_map(|g| g.table_inputs.iter())
+            .find(|t| t.table.id() == id)
+            .map(|t| t.table.clone())
+    }
+
+    async fn send_table(&self, table_id: u64, batch: RecordBatch, weights: Vec<i64>, seqs: Vec<u64>) -> StreamResult<()> {
+        let weights = Int64Array::from(weights);
+        for g in self.graphs.values() {
+            for input in g.table_inputs.iter().filter(|t| t.table.id() == table_id) {
+                let changes = Changes::new(project(&batch, input.projection.as_deref())?, weights.clone());
+                let changes = if seqs.first().is_some_and(|s| *s <= g.def.created_seq) {
+                    let mask: BooleanArray = seqs.iter().map(|s| Some(*s > g.def.created_seq)).collect();
+                    changes.filter(&mask)?
+                } else {
+                    changes
+                };
+                if !changes.is_empty() {
+                    // A closed input means the view is being dropped.
+                    let _ = input.tx.send(Message::Data(changes)).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn checkpoint(&mut self, extra: Vec<StateWrite>) -> StreamResult<()> {
+        let epoch = self.epoch + 1;
+        for g in self.graphs.values() {
+            for input in &g.table_inputs {
+                let _ = input.tx.send(Message::Barrier(epoch)).await;
+            }
+        }
+        let mut writes = extra;
+        let mut pending: std::collections::HashSet<u64> = self.graphs.keys().copied().collect();
+        while !pending.is_empty() {
+            let Some(ack) = self.acks_rx.recv().await else { return Err(StreamError::Stopped) };
+            match ack {
+                Ack::Writes { epoch: e, writes: w } if e == epoch => writes.extend(w),
+                Ack::Done { epoch: e, mv_id, failure } if e == epoch => {
+                    if let Some(f) = failure {
+                        writes.push((keys::meta_key(FAILURE_PREFIX, mv_id), Some(f.into_bytes())));
+                    }
+                    pending.remove(&mv_id);
+                }
+                _ => {} // from a dropped view or an abandoned epoch
+            }
+        }
+        let seq = self.read_seq;
+        let record = Checkpoint { epoch, seq }.encode();
+        self.writer
+            .write(false, move |txn| {
+                for (k, v) in writes {
+                    match v {
+                        Some(v) => txn.put(k, v),
+                        None => txn.delete(k),
+                    }
+                }
+                txn.put(keys::META_CHECKPOINT.to_vec(), record);
+                txn.delete_range(keys::log_key(0), keys::log_key(seq + 1));
+                Ok(0)
+            })
+            .await?;
+        self.epoch = epoch;
+        self.checkpoint_seq = seq;
+        self.budget.committed_epoch.store(epoch, std::sync::atomic::Ordering::SeqCst);
+        let (done, waiting): (Vec<_>, Vec<_>) = self.waiters.drain(..).partition(|(s, _)| *s <= seq);
+        self.waiters = waiting;
+        for (_, w) in done {
+            let _ = w.send(Ok(()));
+        }
+        Ok(())
+    }
+
+    async fn attach(&mut self, mut def: MvDef, plan: StreamPlan, create: bool) -> StreamResult<MvDef> {
+        if create && self.started {
+            // Views this one reads must be durable as of read_seq.
+            self.catch_up_and_checkpoint().await?;
+        }
+        let tables = plan.tables.clone();
+        if create {
+            let logged = tables.clone();
+            self.writer
+                .write(false, move |txn| {
+                    for t in logged {
+                        txn.set_logged(t, true);
+                    }
+                    Ok(0)
+                })
+                .await?;
+        }
+        let slot: FailureSlot = Arc::new(Mutex::new(
+            self.db
+                .get(keys::meta_key(FAILURE_PREFIX, def.id))
+                .map_err(StateError::from)?
+                .map(|v| String::from_utf8_lossy(&v).into_owned()),
+        ));
+        if let Ok(mut f) = self.failures.lock() {
+            f.insert(def.id, slot.clone());
+        }
+        let ctx = Arc::new(OpContext {
+            db: self.db.clone(),
+            mv_id: def.id,
+            budget: self.budget.clone(),
+            acks: self.acks_tx.clone(),
+            failure: slot,
+        });
+        let schema = plan.schema.clone();
+        let mut sources = Vec::new();
+        let root_rx = ops::spawn(plan.root, &ctx, &mut sources)?;
+        let subscribers = Arc::new(Mutex::new(Vec::new()));
+        let materialize = MaterializeOp::new(self.db.clone(), keys::mv_prefix(def.id), schema)?;
+        tokio::spawn(ops::run(Box::new(materialize), vec![root_rx], Out::Subscribers(subscribers.clone()), ctx));
+
+        let mut table_inputs = Vec::new();
+        let mut upstream = Vec::new();
+        let mut backfill_inputs = Vec::new();
+        for s in sources {
+            match s {
+                SourceInput::Table { table, projection, tx } => {
+                    if create {
+                        backfill_inputs.push(Backfill::Table {
+                            table: table.clone(),
+                            projection: projection.clone(),
+                            tx: tx.clone(),
+                        });
+                    }
+                    table_inputs.push(TableInput { table, projection, tx });
+                }
+                SourceInput::Mv { mv_id, tx } => {
+                    let Some(up) = self.graphs.get(&mv_id) else {
+                        return Err(StreamError::Failed(format!("materialized view {mv_id} is not running")));
+                    };
+                    if create {
+                        let schema = self
+                            .catalog
+                            .list_mvs()
+                            .iter()
+                            .find(|m| m.def.id == mv_id)
+                            .map(|m| m.schema.clone())
+                            .ok_or_else(|| StreamError::Failed(format!("materialized view {mv_id} is not in the catalog")))?;
+                        backfill_inputs.push(Backfill::Mv { mv_id, schema, tx: tx.clone() });
+                    }
+                    if let Ok(mut subs) = up.subscribers.lock() {
+                        subs.push((def.id, tx));
+                    }
+                    upstream.push(mv_id);
+                }
+            }
+        }
+        let id = def.id;
+        if create {
+            let db = self.db.clone();
+            let read_seq = self.read_seq;
+            let created = tokio::task::spawn_blocking(move || backfill(&db, read_seq, backfill_inputs))
+                .await
+                .map_err(|e| StreamError::Failed(format!("backfill stopped: {e}")))?;
+            match created {
+                Ok(seq) => def.created_seq = seq,
+                Err(e) => {
+                    self.remove_graph_links(id, &upstream);
+                    return Err(e);
+                }
+            }
+        }
+        self.graphs.insert(id, Graph { def: def.clone(), tables, table_inputs, upstream: upstream.clone(), subscribers });
+        if create {
+            let entry = serde_json::to_vec(&def).map_err(|e| StreamError::Corrupt(e.to_string()))?;
+            let catalog_write = (keys::meta_key(keys::META_MV_PREFIX, id), Some(entry));
+            if let Err(e) = self.checkpoint(vec![catalog_write]).await {
+                self.graphs.remove(&id);
+                self.remove_graph_links(id, &upstream);
+                return Err(e);
+            }
+        }
+        Ok(def)
+    }
+
+    fn remove_graph_links(&self, id: u64, upstream: &[u64]) {
+        for up in upstream {
+            if let Some(g) = self.graphs.get(up) {
+                if let Ok(mut subs) = g.subscribers.lock() {
+                    subs.retain(|(s, _)| *s != id);
+                }
+            }
+        }
+        if let Ok(mut f) = self.failures.lock() {
+            f.remove(&id);
+        }
+    }
+
+    async fn detach(&mut self, mv_id: u64) -> StreamResult<()> {
+        let graph = self.graphs.remove(&mv_id);
+        let upstream = graph.as_ref().map(|g| g.upstream.clone()).unwrap_or_default();
+        self.remove_graph_links(mv_id, &upstream);
+        let still_needed: std::collections::HashSet<u64> =
+            self.graphs.values().flat_map(|g| g.tables.iter().copied()).collect();
+        let unlog: Vec<u64> =
+            graph.map(|g| g.tables.into_iter().filter(|t| !still_needed.contains(t)).collect()).unwrap_or_default();
+        self.writer
+            .write(true, move |txn| {
+                txn.delete(keys::meta_key(keys::META_MV_PREFIX, mv_id));
+                txn.delete(keys::meta_key(FAILURE_PREFIX, mv_id));
+                let rows = keys::mv_prefix(mv_id);
+                txn.delete_range(rows.clone(), prefix_end(&rows));
+                let state = keys::mv_state_prefix(mv_id);
+                txn.delete_range(state.clone(), prefix_end(&state));
+                for t in unlog {
+                    txn.set_logged(t, false);
+                }
+                Ok(0)
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+fn project(batch: &RecordBatch, projection: Option<&[usize]>) -> StreamResult<RecordBatch> {
+    match projection {
+        Some(p) => Ok(batch.project(p)?),
+        None => Ok(batch.clone()),
+    }
+}
+
+enum Backfill {
+    Table { table: Arc<Table>, projection: Option<Vec<usize>>, tx: Sender<Message> },
+    Mv { mv_id: u64, schema: datafusion::arrow::datatypes::SchemaRef, tx: Sender<Message> },
+}
+
+/// Fills a new view's sources from one snapshot; returns the log position
+/// the snapshot contains (runs on a blocking thread).
+fn backfill(db: &DB, read_seq: u64, inputs: Vec<Backfill>) -> StreamResult<u64> {
+    let snapshot = db.snapshot();
+    let mut it = snapshot.raw_iterator();
+    it.seek_for_prev(prefix_end(&[keys::LOG_PREFIX]));
+    let last_logged = it.key().and_then(keys::log_seq).unwrap_or(0);
+    it.status().map_err(StateError::from)?;
+    drop(it);
+    let created_seq = last_logged.max(read_seq);
+    for input in inputs {
+        match input {
+            Backfill::Table { table, projection, tx } => {
+                let mut decoder = RowDecoder::new(table.schema.clone(), projection.as_deref(), SOURCE_BATCH_ROWS)?;
+                let prefix = keys::table_prefix(table.id());
+                let mut it = snapshot.raw_iterator();
+                it.seek(&prefix);
+                while it.valid() {
+                    let (Some(k), Some(v)) = (it.key(), it.value()) else { break };
+                    if !k.starts_with(&prefix) {
+                        break;
+                    }
+                    decoder.push(v)?;
+                    if decoder.len() >= SOURCE_BATCH_ROWS {
+                        send_blocking(&tx, decoder.flush()?, None)?;
+                    }
+                    it.next();
+                }
+                it.status().map_err(StateError::from)?;
+                if !decoder.is_empty() {
+                    send_blocking(&tx, decoder.flush()?, None)?;
+                }
+            }
+            Backfill::Mv { mv_id, schema, tx } => {
+                let types: Vec<_> = schema.fields().iter().map(|f| f.data_type().clone()).collect();
+                let codec = RowCodec::new(&types)?;
+                let prefix = keys::mv_prefix(mv_id);
+                let mut it = snapshot.raw_iterator();
+                it.seek(&prefix);
+                let mut rows: Vec<Vec<u8>> = Vec::new();
+                let mut counts: Vec<i64> = Vec::new();
+                let flush = |rows: &mut Vec<Vec<u8>>, counts: &mut Vec<i64>| -> StreamResult<()> {
+                    let columns = codec.decode(rows.iter().map(Vec::as_slice))?;
+                    let options =
+                        datafusion::arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(rows.len()));
+                    let batch = RecordBatch::try_new_with_options(schema.clone(), columns, &options)?;
+                    send_blocking(&tx, batch, Some(std::mem::take(counts)))?;
+                    rows.clear();
+                    Ok(())
+                };
+                while it.valid() {
+                    let (Some(k), Some(v)) = (it.key(), it.value()) else { break };
+                    if !k.starts_with(&prefix) {
+                        break;
+                    }
+                    rows.push(k[prefix.len()..].to_vec());
+                    counts.push(decode_count(v)?);
+                    if rows.len() >= SOURCE_BATCH_ROWS {
+                        flush(&mut rows, &mut counts)?;
+                    }
+                    it.next();
+                }
+                it.status().map_err(StateError::from)?;
+                if !rows.is_empty() {
+                    flush(&mut rows, &mut counts)?;
+                }
+            }
+        }
+    }
+    Ok(created_seq)
+}
+
+fn send_blocking(tx: &Sender<Message>, batch: RecordBatch, weights: Option<Vec<i64>>) -> StreamResult<()> {
+    let n = batch.num_rows();
+    let weights = Int64Array::from(weights.unwrap_or_else(|| vec![1; n]));
+    tx.blocking_send(Message::Data(Changes::new(batch, weights))).map_err(|_| StreamError::Stopped)
+}

@@ -1,0 +1,223 @@
+//! Operator state: a key range of RocksDB seen through an in-memory cache.
+//!
+//! An operator reads and writes its state only through its own
+//! [`StateTable`] (keys under `s<mv id><node id>`). Writes stay in the cache
+//! as dirty entries until the next barrier, when [`StateTable::take_dirty`]
+//! hands them to the checkpoint: state is written at most once per key per
+//! epoch. Clean entries are evicted when the process-wide cache budget is
+//! exceeded, but only once the checkpoint that wrote them is durable, so a
+//! read that misses the cache always finds the current value in RocksDB.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use rocksdb::DB;
+
+use super::{StateWrite, StreamResult};
+use crate::state::StateError;
+use crate::state::keys::prefix_end;
+
+/// Shared by every state table: the memory budget and the last durable
+/// epoch.
+#[derive(Debug)]
+pub struct CacheBudget {
+    pub budget_bytes: usize,
+    pub used_bytes: AtomicUsize,
+    pub committed_epoch: AtomicU64,
+}
+
+impl CacheBudget {
+    pub fn new(budget_bytes: usize) -> Arc<Self> {
+        Arc::new(Self { budget_bytes, used_bytes: AtomicUsize::new(0), committed_epoch: AtomicU64::new(0) })
+    }
+}
+
+struct Entry {
+    value: Option<Vec<u8>>,
+    dirty: bool,
+    /// The epoch whose checkpoint wrote this value (0: read from RocksDB).
+    epoch: u64,
+}
+
+const ENTRY_OVERHEAD: usize = 64;
+
+fn entry_size(key: &[u8], value: &Option<Vec<u8>>) -> usize {
+    key.len() + value.as_ref().map_or(0, Vec::len) + ENTRY_OVERHEAD
+}
+
+pub struct StateTable {
+    db: Arc<DB>,
+    prefix: Vec<u8>,
+    cache: BTreeMap<Vec<u8>, Entry>,
+    dirty: Vec<Vec<u8>>,
+    bytes: usize,
+    budget: Arc<CacheBudget>,
+}
+
+impl StateTable {
+    pub fn new(db: Arc<DB>, prefix: Vec<u8>, budget: Arc<CacheBudget>) -> Self {
+        Self { db, prefix, cache: BTreeMap::new(), dirty: Vec::new(), bytes: 0, budget }
+    }
+
+    fn full_key(&self, key: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.prefix.len() + key.len());
+        k.extend_from_slice(&self.prefix);
+        k.extend_from_slice(key);
+        k
+    }
+
+    fn account(&mut self, add: usize, sub: usize) {
+        self.bytes = (self.bytes + add).saturating_sub(sub);
+        if add >= sub {
+            self.budget.used_bytes.fetch_add(add - sub, Ordering::Relaxed);
+        } else {
+            self.budget.used_bytes.fetch_sub(sub - add, Ordering::Relaxed);
+        }
+    }
+
+    /// The current value of `key`.
+    pub fn get(&mut self, key: &[u8]) -> StreamResult<Option<Vec<u8>>> {
+        if let Some(e) = self.cache.get(key) {
+            return Ok(e.value.clone());
+        }
+        let value = self.db.get(self.full_key(key)).map_err(StateError::from)?;
+        let size = entry_size(key, &value);
+        self.cache.insert(key.to_vec(), Entry { value: value.clone(), dirty: false, epoch: 0 });
+        self.account(size, 0);
+        Ok(value)
+    }
+
+    pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.set(key, Some(value));
+    }
+
+    pub fn delete(&mut self, key: Vec<u8>) {
+        self.set(key, None);
+    }
+
+    fn set(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        let size = entry_size(&key, &value);
+        match self.cache.get_mut(&key) {
+            Some(e) => {
+                let old = entry_size(&key, &e.value);
+                e.value = value;
+                if !e.dirty {
+                    e.dirty = true;
+                    self.dirty.push(key);
+                }
+                self.account(size, old);
+            }
+            None => {
+                self.dirty.push(key.clone());
+                self.cache.insert(key, Entry { value, dirty: true, epoch: 0 });
+                self.account(size, 0);
+            }
+        }
+    }
+
+    /// Every live `(key, value)` whose key starts with `prefix`, in key
+    /// order, at most `limit` of them: RocksDB merged with the cache.
+    pub fn scan_prefix(&self, prefix: &[u8], limit: usize) -> StreamResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        let from = self.full_key(prefix);
+        let to = prefix_end(&from);
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_iterate_upper_bound(to);
+        let mut it = self.db.raw_iterator_opt(opts);
+        it.seek(&from);
+        let plen = self.prefix.len();
+        let cache_end = prefix_end(prefix);
+        let mut cached = self
+            .cache
+            .range::<[u8], _>((Bound::Included(prefix), Bound::Excluded(cache_end.as_slice())))
+            .peekable();
+        loop {
+            let db_key = if it.valid() { it.key().map(|k| &k[plen..]) } else { None };
+            let cache_key = cached.peek().map(|(k, _)| k.as_slice());
+            let (key, value) = match (db_key, cache_key) {
+                (None, None) => break,
+                (Some(d), Some(c)) if c <= d => {
+                    let (k, e) = cached.next().ok_or(StateError::Corrupt("cache"))?;
+                    if c == d {
+                        it.next();
+                    }
+                    (k.clone(), e.value.clone())
+                }
+                (Some(d), _) => {
+                    let v = it.value().map(<[u8]>::to_vec);
+                    let k = d.to_vec();
+                    it.next();
+                    (k, v)
+                }
+                (None, Some(_)) => {
+                    let (k, e) = cached.next().ok_or(StateError::Corrupt("cache"))?;
+                    (k.clone(), e.value.clone())
+                }
+            };
+            if let Some(v) = value {
+                out.push((key, v));
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        it.status().map_err(StateError::from)?;
+        Ok(out)
+    }
+
+    /// Hands this epoch's writes to the checkpoint and marks them clean.
+    pub fn take_dirty(&mut self, epoch: u64) -> Vec<StateWrite> {
+        let mut writes = Vec::with_capacity(self.dirty.len());
+        for key in std::mem::take(&mut self.dirty) {
+            let full = self.full_key(&key);
+            if let Some(e) = self.cache.get_mut(&key) {
+                if e.dirty {
+                    e.dirty = false;
+                    e.epoch = epoch;
+                    writes.push((full, e.value.clone()));
+                }
+            }
+        }
+        writes
+    }
+
+    /// Evicts clean, durable entries while the shared budget is exceeded.
+    pub fn evict_if_needed(&mut self) {
+        if self.budget.used_bytes.load(Ordering::Relaxed) <= self.budget.budget_bytes {
+            return;
+        }
+        let committed = self.budget.committed_epoch.load(Ordering::Relaxed);
+        let target = self.bytes / 2;
+        let mut freed = 0usize;
+        let mut victims = Vec::new();
+        for (k, e) in &self.cache {
+            if freed >= target {
+                break;
+            }
+            if !e.dirty && e.epoch <= committed {
+                freed += entry_size(k, &e.value);
+                victims.push(k.clone());
+            }
+        }
+        for k in victims {
+            self.cache.remove(&k);
+        }
+        self.account(0, freed);
+    }
+
+    /// The full key range of this table, for deleting it.
+    pub fn prefix(&self) -> &[u8] {
+        &self.prefix
+    }
+}
+
+impl Drop for StateTable {
+    fn drop(&mut self) {
+        self.budget.used_bytes.fetch_sub(self.bytes.min(self.budget.used_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
+    }
+}
