@@ -418,7 +418,9 @@ impl Coordinator {
             self.catch_up_and_checkpoint().await?;
         }
         let tables = plan.tables.clone();
-        if create {
+        {
+            // From here on every change to these tables is logged (at
+            // start-up: before any client can write).
             let logged = tables.clone();
             self.writer
                 .write(false, move |txn| {
