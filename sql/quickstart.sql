@@ -22,3 +22,14 @@ FROM orders GROUP BY 1 ORDER BY 1;
 
 UPDATE products SET price = price * 1.1 WHERE name = 'gizmo';
 SELECT name, price FROM products ORDER BY id;
+
+-- A materialized view: kept up to date as orders change, read at once.
+CREATE MATERIALIZED VIEW IF NOT EXISTS product_revenue AS
+SELECT p.name, count(*) AS orders, sum(o.qty) AS units, sum(o.qty * p.price) AS revenue
+FROM orders o JOIN products p ON p.id = o.product_id
+GROUP BY p.name;
+INSERT INTO orders VALUES (5, 2, 3, '2024-05-03 08:00:00') ON CONFLICT DO NOTHING;
+DELETE FROM orders WHERE id = 1;
+-- FLUSH waits until the views show every change made so far.
+FLUSH;
+SELECT * FROM product_revenue ORDER BY revenue DESC;

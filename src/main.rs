@@ -1,5 +1,6 @@
 //! The `eddy` command line: `eddy [serve] [--listen ADDR] [--data-dir DIR]
-//! [--config FILE]`. Everything else lives in the library.
+//! [--config FILE] [--checkpoint-interval-ms N] [--state-cache-mb N]`.
+//! Everything else lives in the library.
 
 use std::path::PathBuf;
 
@@ -31,6 +32,12 @@ struct ServeArgs {
     /// TOML configuration file
     #[arg(long, env = "EDDY_CONFIG")]
     config: Option<PathBuf>,
+    /// Milliseconds between checkpoints of materialized views [default: 1000]
+    #[arg(long, env = "EDDY_CHECKPOINT_INTERVAL_MS")]
+    checkpoint_interval_ms: Option<u64>,
+    /// Memory for cached operator state, in MiB [default: 256]
+    #[arg(long, env = "EDDY_STATE_CACHE_MB")]
+    state_cache_mb: Option<usize>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,6 +56,12 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
+    }
+    if let Some(ms) = args.checkpoint_interval_ms {
+        config.checkpoint_interval_ms = ms;
+    }
+    if let Some(mb) = args.state_cache_mb {
+        config.state_cache_mb = mb;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = runtime.block_on(eddy::server::run(config));

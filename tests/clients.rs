@@ -25,6 +25,12 @@ fn psql_meta_commands_and_sql_file() {
     let file = concat!(env!("CARGO_MANIFEST_DIR"), "/sql/quickstart.sql");
     let out = psql(&server, &["-f", file]);
     assert!(out.contains("widget"), "quickstart output:\n{out}");
+    // The materialized view reflects the INSERT and DELETE after FLUSH:
+    // gadget has orders 2 and 5 (1 + 3 units at 10.00).
+    assert!(out.contains("gadget |      2 |     4 |   40.00"), "quickstart view output:\n{out}");
+
+    let dm = psql(&server, &["-c", "\\d product_revenue"]);
+    assert!(dm.contains("revenue") && dm.contains("units"), "\\d product_revenue:\n{dm}");
 
     let dt = psql(&server, &["-c", "\\dt"]);
     assert!(dt.contains("products") && dt.contains("orders"), "\\dt:\n{dt}");

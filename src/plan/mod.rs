@@ -142,7 +142,7 @@ pub fn nullable(schema: &Schema) -> SchemaRef {
 /// now()): a view must equal its query over the current tables.
 pub fn check_deterministic(plan: &LogicalPlan) -> PlanResult<()> {
     let mut bad: Option<String> = None;
-    plan.apply(|node| {
+    plan.apply_with_subqueries(|node| {
         node.apply_expressions(|e| {
             e.apply(|e| {
                 if let Expr::ScalarFunction(f) = e {
@@ -416,6 +416,9 @@ impl Builder<'_> {
             JoinType::RightAnti => JoinKind::RightAnti,
             other => return unsupported(format!("{other} join")),
         };
+        if j.null_aware {
+            return unsupported("NOT IN (subquery)");
+        }
         if j.null_equality == NullEquality::NullEqualsNull {
             return unsupported("a join where NULL keys match (INTERSECT, EXCEPT)");
         }
@@ -466,7 +469,16 @@ impl Builder<'_> {
             FetchType::UnsupportedExpr => return unsupported("a non-constant LIMIT"),
         };
         match l.input.as_ref() {
-            LogicalPlan::Sort(s) => self.sort(s, skip, fetch, schema, None),
+            LogicalPlan::Sort(s) => {
+                // The sort may carry its own (pushed-down or inner) limit:
+                // rows [skip, min(skip + fetch, sort.fetch)).
+                let end = match (fetch.map(|f| skip.saturating_add(f)), s.fetch) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                let fetch = end.map(|e| e.saturating_sub(skip));
+                self.sort(s, skip, fetch, schema, None)
+            }
             _ => unsupported("LIMIT or OFFSET without ORDER BY"),
         }
     }

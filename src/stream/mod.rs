@@ -93,7 +93,7 @@ pub type StateWrite = (Vec<u8>, Option<Vec<u8>>);
 #[derive(Debug)]
 pub enum Ack {
     /// State an operator changed in `epoch`.
-    Writes { epoch: u64, writes: Vec<StateWrite> },
+    Writes { epoch: u64, mv_id: u64, writes: Vec<StateWrite> },
     /// A view's materialize operator finished `epoch` (always after every
     /// `Writes` of that view for the epoch).
     Done { epoch: u64, mv_id: u64, failure: Option<String> },

@@ -299,9 +299,13 @@ impl Coordinator {
     }
 
     async fn dispatch(&mut self, entries: &[(u64, Vec<u8>)]) -> StreamResult<()> {
+        // Decode the whole chunk first: an entry that cannot be decoded
+        // must not leave part of the chunk delivered (it would be delivered
+        // again when the chunk is retried).
         let subscribed: std::collections::HashSet<u64> =
             self.graphs.values().flat_map(|g| g.table_inputs.iter().map(|t| t.table.id())).collect();
         let mut buffers: HashMap<u64, (RowDecoder, Vec<i64>, Vec<u64>)> = HashMap::new();
+        let mut ready: Vec<(u64, RecordBatch, Vec<i64>, Vec<u64>)> = Vec::new();
         for (seq, entry) in entries {
             for change in decode_entry(entry) {
                 let change = change?;
@@ -321,17 +325,18 @@ impl Coordinator {
                 buf.2.push(*seq);
                 if buf.1.len() >= SOURCE_BATCH_ROWS {
                     let batch = buf.0.flush()?;
-                    let weights = std::mem::take(&mut buf.1);
-                    let seqs = std::mem::take(&mut buf.2);
-                    self.send_table(change.table_id, batch, weights, seqs).await?;
+                    ready.push((change.table_id, batch, std::mem::take(&mut buf.1), std::mem::take(&mut buf.2)));
                 }
             }
         }
         for (table_id, (mut decoder, weights, seqs)) in buffers {
             if !weights.is_empty() {
-                let batch = decoder.flush()?;
-                self.send_table(table_id, batch, weights, seqs).await?;
+                ready.push((table_id, decoder.flush()?, weights, seqs));
             }
+        }
+        // Batches of one table stay in log order; tables are independent.
+        for (table_id, batch, weights, seqs) in ready {
+            self.send_table(table_id, batch, weights, seqs).await?;
         }
         Ok(())
     }
@@ -373,34 +378,74 @@ impl Coordinator {
         }
         let mut writes = extra;
         let mut pending: std::collections::HashSet<u64> = self.graphs.keys().copied().collect();
+        let mut failed: Vec<u64> = Vec::new();
         while !pending.is_empty() {
             let Some(ack) = self.acks_rx.recv().await else { return Err(StreamError::Stopped) };
             match ack {
-                Ack::Writes { epoch: e, writes: w } if e == epoch => writes.extend(w),
+                Ack::Writes { epoch: e, mv_id, writes: w } if e == epoch && self.graphs.contains_key(&mv_id) => {
+                    writes.extend(w)
+                }
                 Ack::Done { epoch: e, mv_id, failure } if e == epoch => {
                     if let Some(f) = failure {
                         writes.push((keys::meta_key(FAILURE_PREFIX, mv_id), Some(f.into_bytes())));
+                        failed.push(mv_id);
                     }
                     pending.remove(&mv_id);
                 }
                 _ => {} // from a dropped view or an abandoned epoch
             }
         }
+        // A view reading a failed view would go on with stale input: fail it too.
+        for mv_id in failed {
+            self.fail_dependents(mv_id, &mut writes);
+        }
         let seq = self.read_seq;
         let record = Checkpoint { epoch, seq }.encode();
-        self.writer
-            .write(false, move |txn| {
-                for (k, v) in writes {
-                    match v {
-                        Some(v) => txn.put(k, v),
-                        None => txn.delete(k),
+        let writes = Arc::new(writes);
+        let mut attempt = 0;
+        loop {
+            let batch = writes.clone();
+            let record = record.clone();
+            let result = self
+                .writer
+                .write(false, move |txn| {
+                    for (k, v) in batch.iter() {
+                        match v {
+                            Some(v) => txn.put(k.clone(), v.clone()),
+                            None => txn.delete(k.clone()),
+                        }
                     }
+                    txn.put(keys::META_CHECKPOINT.to_vec(), record);
+                    txn.delete_range(keys::log_key(0), keys::log_key(seq + 1));
+                    Ok(0)
+                })
+                .await;
+            match result {
+                Ok(_) => break,
+                Err(e) if attempt < 3 => {
+                    attempt += 1;
+                    tracing::warn!("checkpoint {epoch} could not be written ({e}); retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
                 }
-                txn.put(keys::META_CHECKPOINT.to_vec(), record);
-                txn.delete_range(keys::log_key(0), keys::log_key(seq + 1));
-                Ok(0)
-            })
-            .await?;
+                Err(e) => {
+                    // The operators have already moved past this epoch: their
+                    // in-memory state no longer matches what is on disk. Stop
+                    // every view; a restart recovers them from the last
+                    // checkpoint and the log.
+                    let message = format!("checkpoint {epoch} could not be written: {e}; restart eddy to recover the view");
+                    tracing::error!("{message}");
+                    if let Ok(slots) = self.failures.lock() {
+                        for slot in slots.values() {
+                            if let Ok(mut f) = slot.lock() {
+                                f.get_or_insert_with(|| message.clone());
+                            }
+                        }
+                    }
+                    self.epoch = epoch;
+                    return Err(e.into());
+                }
+            }
+        }
         self.epoch = epoch;
         self.checkpoint_seq = seq;
         self.budget.committed_epoch.store(epoch, std::sync::atomic::Ordering::SeqCst);
@@ -471,6 +516,7 @@ impl Coordinator {
                 }
                 SourceInput::Mv { mv_id, tx } => {
                     let Some(up) = self.graphs.get(&mv_id) else {
+                        self.remove_graph_links(def.id, &upstream);
                         return Err(StreamError::Failed(format!("materialized view {mv_id} is not running")));
                     };
                     if create {
@@ -480,7 +526,14 @@ impl Coordinator {
                             .iter()
                             .find(|m| m.def.id == mv_id)
                             .map(|m| m.schema.clone())
-                            .ok_or_else(|| StreamError::Failed(format!("materialized view {mv_id} is not in the catalog")))?;
+                            .ok_or_else(|| StreamError::Failed(format!("materialized view {mv_id} is not in the catalog")));
+                        let schema = match schema {
+                            Ok(s) => s,
+                            Err(e) => {
+                                self.remove_graph_links(def.id, &upstream);
+                                return Err(e);
+                            }
+                        };
                         backfill_inputs.push(Backfill::Mv { mv_id, schema, tx: tx.clone() });
                     }
                     if let Ok(mut subs) = up.subscribers.lock() {
@@ -496,7 +549,7 @@ impl Coordinator {
             let read_seq = self.read_seq;
             let created = tokio::task::spawn_blocking(move || backfill(&db, read_seq, backfill_inputs))
                 .await
-                .map_err(|e| StreamError::Failed(format!("backfill stopped: {e}")))?;
+                .unwrap_or_else(|e| Err(StreamError::Failed(format!("backfill stopped: {e}"))));
             match created {
                 Ok(seq) => def.created_seq = seq,
                 Err(e) => {
@@ -516,6 +569,24 @@ impl Coordinator {
             }
         }
         Ok(def)
+    }
+
+    /// Marks every view that reads `mv_id` (directly or not) as failed.
+    fn fail_dependents(&self, mv_id: u64, writes: &mut Vec<StateWrite>) {
+        let dependents: Vec<u64> =
+            self.graphs.iter().filter(|(_, g)| g.upstream.contains(&mv_id)).map(|(id, _)| *id).collect();
+        for d in dependents {
+            let message = format!("materialized view {mv_id}, which it reads, stopped updating");
+            if let Some(slot) = self.failures.lock().ok().and_then(|f| f.get(&d).cloned()) {
+                if let Ok(mut f) = slot.lock() {
+                    if f.is_none() {
+                        *f = Some(message.clone());
+                        writes.push((keys::meta_key(FAILURE_PREFIX, d), Some(message.into_bytes())));
+                    }
+                }
+            }
+            self.fail_dependents(d, writes);
+        }
     }
 
     fn remove_graph_links(&self, id: u64, upstream: &[u64]) {

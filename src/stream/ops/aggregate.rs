@@ -182,7 +182,12 @@ impl AggregateOp {
             AggKind::Avg => match (&spec.output_type, &spec.input_type) {
                 (DataType::Decimal128(p, s_out), DataType::Decimal128(_, s_in)) => {
                     let shift = i32::from(*s_out) - i32::from(*s_in);
-                    let scaled = if shift >= 0 { acc.int * 10i128.pow(shift as u32) } else { acc.int / 10i128.pow((-shift) as u32) };
+                    let factor = 10i128.checked_pow(shift.unsigned_abs()).ok_or_else(|| overflow("avg"))?;
+                    let scaled = if shift >= 0 {
+                        acc.int.checked_mul(factor).ok_or_else(|| overflow("avg"))?
+                    } else {
+                        acc.int / factor
+                    };
                     ScalarValue::Decimal128(Some(scaled / i128::from(acc.a)), *p, *s_out)
                 }
                 (_, t) if t.is_floating() => ScalarValue::Float64(Some(acc.float / acc.a as f64)),
@@ -240,6 +245,10 @@ impl AggregateOp {
         let batch = RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)?;
         Ok(vec![Changes::new(batch, Int64Array::from(out.weights))])
     }
+}
+
+fn overflow(what: &str) -> StreamError {
+    StreamError::Failed(format!("numeric value out of range in {what}"))
 }
 
 #[derive(Default)]
@@ -321,6 +330,11 @@ impl Operator for AggregateOp {
                         acc.b += da.b;
                         acc.int = acc.int.wrapping_add(da.int);
                         acc.float += da.float;
+                        if matches!(spec.kind, AggKind::Sum | AggKind::Avg) && acc.a == 0 {
+                            // No values left: drop any float rounding residue.
+                            acc.int = 0;
+                            acc.float = 0.0;
+                        }
                     }
                     AggKind::Min | AggKind::Max | AggKind::CountDistinct => {
                         acc.a += da.a;
@@ -438,7 +452,9 @@ fn accumulate(
                     }
                 }
             } else {
-                let a = cast(arg, &DataType::Int64)?;
+                // Not a lossy cast: a value beyond i64 fails the view.
+                let options = datafusion::arrow::compute::CastOptions { safe: false, ..Default::default() };
+                let a = datafusion::arrow::compute::cast_with_options(arg, &DataType::Int64, &options)?;
                 let a = a.as_primitive::<Int64Type>();
                 for i in 0..n {
                     if valid(i) {

@@ -159,7 +159,7 @@ pub async fn run(mut op: Box<dyn Operator>, inputs: Vec<Receiver<Message>>, out:
                 if ctx.failed() {
                     continue;
                 }
-                match op.process(i, changes) {
+                match guard(|| op.process(i, changes)) {
                     Ok(outs) => {
                         for o in outs.into_iter().filter(|o| !o.is_empty()) {
                             if !out.send(Message::Data(o)).await {
@@ -172,7 +172,7 @@ pub async fn run(mut op: Box<dyn Operator>, inputs: Vec<Receiver<Message>>, out:
             }
             Event::Barrier(epoch) => {
                 if !ctx.failed() {
-                    match op.barrier(epoch) {
+                    match guard(|| op.barrier(epoch)) {
                         Ok((outs, writes)) => {
                             for o in outs.into_iter().filter(|o| !o.is_empty()) {
                                 if !out.send(Message::Data(o)).await {
@@ -180,7 +180,7 @@ pub async fn run(mut op: Box<dyn Operator>, inputs: Vec<Receiver<Message>>, out:
                                 }
                             }
                             if !writes.is_empty() {
-                                let _ = ctx.acks.send(Ack::Writes { epoch, writes });
+                                let _ = ctx.acks.send(Ack::Writes { epoch, mv_id: ctx.mv_id, writes });
                             }
                         }
                         Err(e) => ctx.fail(e.to_string()),
@@ -196,6 +196,14 @@ pub async fn run(mut op: Box<dyn Operator>, inputs: Vec<Receiver<Message>>, out:
             }
         }
     }
+}
+
+/// Runs operator code, turning a panic (a bug) into an error that fails
+/// only this view instead of stopping its task (which would hold up every
+/// checkpoint).
+fn guard<T>(f: impl FnOnce() -> StreamResult<T>) -> StreamResult<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err(super::StreamError::Failed("internal error in a view operator".into())))
 }
 
 enum Event {
