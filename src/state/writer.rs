@@ -75,6 +75,10 @@ pub struct Txn<'a> {
     staged: HashMap<Vec<u8>, Option<Vec<u8>>>,
     ranges: Vec<(Vec<u8>, Vec<u8>)>,
     logged: &'a mut HashSet<u64>,
+    /// Values of logged-table keys read from RocksDB by this closure: the
+    /// change log needs each key's value before the closure, and most
+    /// writes have just read it (a unique check) — no second read.
+    preimages: std::cell::RefCell<HashMap<Vec<u8>, Option<Vec<u8>>>>,
 }
 
 impl Txn<'_> {
@@ -87,7 +91,11 @@ impl Txn<'_> {
         if let Some(v) = self.group.get(key) {
             return Ok(v.clone());
         }
-        Ok(self.db.get(key)?)
+        let value = self.db.get(key)?;
+        if keys::table_id_of(key).is_some_and(|t| self.logged.contains(&t)) {
+            self.preimages.borrow_mut().insert(key.to_vec(), value.clone());
+        }
+        Ok(value)
     }
 
     pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
@@ -201,6 +209,7 @@ fn log_entry(
     overlay: &HashMap<Vec<u8>, Option<Vec<u8>>>,
     staged: &HashMap<Vec<u8>, Option<Vec<u8>>>,
     logged: &HashSet<u64>,
+    preimages: &HashMap<Vec<u8>, Option<Vec<u8>>>,
 ) -> StateResult<Option<Vec<u8>>> {
     if logged.is_empty() {
         return Ok(None);
@@ -213,7 +222,10 @@ fn log_entry(
         }
         let old = match overlay.get(key) {
             Some(v) => v.clone(),
-            None => db.get(key)?,
+            None => match preimages.get(key) {
+                Some(v) => v.clone(),
+                None => db.get(key)?,
+            },
         };
         if old == *new {
             continue;
@@ -238,15 +250,17 @@ fn apply(db: &DB, group: &mut Group, req: Request, sync: &WriteOptions, log: &mu
         staged: HashMap::new(),
         ranges: Vec::new(),
         logged: &mut log.logged,
+        preimages: Default::default(),
     };
     // A panic in a closure (a bug, or in a function evaluated for
     // ON CONFLICT) fails that statement only; the writer keeps running.
     let work = req.work;
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&mut txn)))
         .unwrap_or_else(|_| Err(StateError::rejected("XX000", "internal error while writing; the statement was not applied")));
-    let Txn { staged, ranges, .. } = txn;
+    let Txn { staged, ranges, preimages, .. } = txn;
+    let preimages = preimages.into_inner();
     let result = result.and_then(|value| {
-        log_entry(db, &group.overlay, &staged, &log.logged).map(|entry| (value, entry))
+        log_entry(db, &group.overlay, &staged, &log.logged, &preimages).map(|entry| (value, entry))
     });
     match result {
         Ok((value, entry)) => {

@@ -60,7 +60,7 @@ impl Default for StreamConfig {
 }
 
 /// Rows per batch fed into a graph.
-const SOURCE_BATCH_ROWS: usize = 4096;
+const SOURCE_BATCH_ROWS: usize = 16_384;
 /// Log entries read per RocksDB pass.
 const LOG_ENTRIES_PER_READ: usize = 1024;
 /// Key prefix of persisted view failures.

@@ -54,14 +54,75 @@ pub struct StateTable {
     dirty: Vec<Vec<u8>>,
     bytes: usize,
     budget: Arc<CacheBudget>,
+    /// Prefixes whose every live key is in the cache (after a full scan);
+    /// cleared whenever anything is evicted.
+    complete: std::collections::HashSet<Vec<u8>, foldhash::fast::RandomState>,
 }
 
 impl StateTable {
     pub fn new(db: Arc<DB>, prefix: Vec<u8>, budget: Arc<CacheBudget>) -> Self {
-        Self { db, prefix, cache: BTreeMap::new(), dirty: Vec::new(), bytes: 0, budget }
+        Self {
+            db,
+            prefix,
+            cache: BTreeMap::new(),
+            dirty: Vec::new(),
+            bytes: 0,
+            budget,
+            complete: Default::default(),
+        }
     }
 
-    fn full_key(&self, key: &[u8]) -> Vec<u8> {
+    /// The stored value of `key` as of the last checkpoint, bypassing (and
+    /// not filling) the cache: for operators that cache decoded values
+    /// themselves.
+    pub fn read_committed(&self, key: &[u8]) -> StreamResult<Option<Vec<u8>>> {
+        Ok(self.db.get(self.full_key(key)).map_err(StateError::from)?)
+    }
+
+    /// The shared memory budget.
+    pub fn budget(&self) -> &Arc<CacheBudget> {
+        &self.budget
+    }
+
+    /// Like [`StateTable::get`], but a key under a fully cached `prefix`
+    /// that is not in the cache is known to be absent (no RocksDB read).
+    pub fn get_under(&mut self, prefix: &[u8], key: &[u8]) -> StreamResult<Option<Vec<u8>>> {
+        if let Some(e) = self.cache.get(key) {
+            return Ok(e.value.clone());
+        }
+        if self.complete.contains(prefix) {
+            return Ok(None);
+        }
+        self.get(key)
+    }
+
+    /// Records that no key exists under `prefix` (the caller knows it, e.g.
+    /// from a count of zero), so that reads under it need no RocksDB read.
+    pub fn mark_complete(&mut self, prefix: &[u8]) {
+        self.complete.insert(prefix.to_vec());
+    }
+
+    /// Every live `(key, value)` under `prefix`, caching them all so that
+    /// later scans and [`StateTable::get_under`] of this prefix need no
+    /// RocksDB read.
+    pub fn scan_all(&mut self, prefix: &[u8]) -> StreamResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        if self.complete.contains(prefix) {
+            return self.scan_prefix(prefix, usize::MAX);
+        }
+        let found = self.scan_prefix(prefix, usize::MAX)?;
+        for (k, v) in &found {
+            if !self.cache.contains_key(k) {
+                let value = Some(v.clone());
+                let size = entry_size(k, &value);
+                self.cache.insert(k.clone(), Entry { value, dirty: false, epoch: 0 });
+                self.account(size, 0);
+            }
+        }
+        self.complete.insert(prefix.to_vec());
+        Ok(found)
+    }
+
+    pub fn full_key(&self, key: &[u8]) -> Vec<u8> {
         let mut k = Vec::with_capacity(self.prefix.len() + key.len());
         k.extend_from_slice(&self.prefix);
         k.extend_from_slice(key);
@@ -123,6 +184,15 @@ impl StateTable {
         let mut out = Vec::new();
         if limit == 0 {
             return Ok(out);
+        }
+        if self.complete.contains(prefix) {
+            let end = prefix_end(prefix);
+            return Ok(self
+                .cache
+                .range::<[u8], _>((Bound::Included(prefix), Bound::Excluded(end.as_slice())))
+                .filter_map(|(k, e)| e.value.clone().map(|v| (k.clone(), v)))
+                .take(limit)
+                .collect());
         }
         let from = self.full_key(prefix);
         let to = prefix_end(&from);
@@ -203,6 +273,9 @@ impl StateTable {
                 freed += entry_size(k, &e.value);
                 victims.push(k.clone());
             }
+        }
+        if !victims.is_empty() {
+            self.complete.clear();
         }
         for k in victims {
             self.cache.remove(&k);

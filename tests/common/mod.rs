@@ -30,12 +30,27 @@ impl TestServer {
         s
     }
 
+    /// Starts a server on a new, empty data directory with extra
+    /// environment variables (settings such as `EDDY_STATE_CACHE_MB`).
+    pub fn start_with_env(envs: &[(&str, &str)]) -> Self {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().join("data");
+        let mut s = Self::start_in_with_env(&dir, envs);
+        s._tmp = Some(tmp);
+        s
+    }
+
     /// Starts a server on `dir` (existing data is recovered).
     pub fn start_in(dir: &Path) -> Self {
+        Self::start_in_with_env(dir, &[])
+    }
+
+    pub fn start_in_with_env(dir: &Path, envs: &[(&str, &str)]) -> Self {
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_eddy"))
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
             .arg(dir)
+            .envs(envs.iter().copied())
             .env("EDDY_LOG", "warn")
             .stdin(Stdio::null())
             .spawn()

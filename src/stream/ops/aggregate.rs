@@ -25,8 +25,13 @@
 
 use std::collections::HashMap;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch};
-use datafusion::arrow::compute::{SortOptions, cast};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Decimal128Array, Float64Array, Int64Array, RecordBatch, UInt32Array,
+    new_null_array,
+};
+use datafusion::arrow::compute::{SortOptions, cast, take};
 use datafusion::arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64Type, SchemaRef};
 use datafusion::common::ScalarValue;
 
@@ -103,6 +108,20 @@ impl GroupState {
     }
 }
 
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// A cached group: its decoded state (`None`: known not to exist).
+struct Slot {
+    state: Option<GroupState>,
+    dirty: bool,
+    /// The epoch whose checkpoint wrote it (0: read from RocksDB).
+    epoch: u64,
+}
+
+fn slot_size(key: &[u8], n_aggs: usize) -> usize {
+    key.len() + 96 + n_aggs * 56
+}
+
 pub struct AggregateOp {
     group: Vec<PhysExpr>,
     aggs: Vec<AggSpec>,
@@ -110,7 +129,12 @@ pub struct AggregateOp {
     group_codec: RowCodec,
     /// Per aggregate: the codec of its values (min/max/count distinct).
     value_codecs: Vec<Option<RowCodec>>,
+    /// Multisets (and, through `groups`, the durable group states).
     state: StateTable,
+    /// Decoded group states: the hot set, written once per epoch.
+    groups: FastMap<Vec<u8>, Slot>,
+    dirty: Vec<Vec<u8>>,
+    bytes: usize,
     global_checked: bool,
 }
 
@@ -133,7 +157,18 @@ impl AggregateOp {
                 _ => Ok(None),
             })
             .collect::<StreamResult<Vec<_>>>()?;
-        Ok(Self { group, aggs, schema, group_codec, value_codecs, state, global_checked: false })
+        Ok(Self {
+            group,
+            aggs,
+            schema,
+            group_codec,
+            value_codecs,
+            state,
+            groups: FastMap::default(),
+            dirty: Vec::new(),
+            bytes: 0,
+            global_checked: false,
+        })
     }
 
     fn is_global(&self) -> bool {
@@ -155,18 +190,64 @@ impl AggregateOp {
         k
     }
 
+    /// A group's current state (cached, else read from RocksDB).
     fn load(&mut self, group: &[u8]) -> StreamResult<Option<GroupState>> {
-        match self.state.get(&Self::group_key(group))? {
-            Some(v) => Ok(Some(GroupState::decode(&v, self.aggs.len())?)),
-            None => Ok(None),
+        if let Some(slot) = self.groups.get(group) {
+            return Ok(slot.state.clone());
+        }
+        let state = match self.state.read_committed(&Self::group_key(group))? {
+            Some(v) => Some(GroupState::decode(&v, self.aggs.len())?),
+            None => None,
+        };
+        let size = slot_size(group, self.aggs.len());
+        self.bytes += size;
+        self.state.budget().used_bytes.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+        self.groups.insert(group.to_vec(), Slot { state: state.clone(), dirty: false, epoch: 0 });
+        Ok(state)
+    }
+
+    fn store(&mut self, group: &[u8], state: Option<GroupState>) {
+        match self.groups.get_mut(group) {
+            Some(slot) => {
+                slot.state = state;
+                if !slot.dirty {
+                    slot.dirty = true;
+                    self.dirty.push(group.to_vec());
+                }
+            }
+            None => {
+                let size = slot_size(group, self.aggs.len());
+                self.bytes += size;
+                self.state.budget().used_bytes.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+                self.groups.insert(group.to_vec(), Slot { state, dirty: true, epoch: 0 });
+                self.dirty.push(group.to_vec());
+            }
         }
     }
 
-    /// The output values of a group's state.
-    fn outputs(&self, s: &GroupState) -> StreamResult<Vec<ScalarValue>> {
-        self.aggs.iter().zip(&s.accs).enumerate().map(|(i, (spec, acc))| self.output(i, spec, acc)).collect()
+    /// Drops clean groups whose checkpoint is durable while over budget.
+    fn evict_if_needed(&mut self) {
+        self.state.evict_if_needed();
+        let budget = self.state.budget().clone();
+        if budget.used_bytes.load(std::sync::atomic::Ordering::Relaxed) <= budget.budget_bytes {
+            return;
+        }
+        let committed = budget.committed_epoch.load(std::sync::atomic::Ordering::Relaxed);
+        let target = self.bytes / 2;
+        let n_aggs = self.aggs.len();
+        let mut freed = 0usize;
+        self.groups.retain(|k, slot| {
+            if freed >= target || slot.dirty || slot.epoch > committed {
+                return true;
+            }
+            freed += slot_size(k, n_aggs);
+            false
+        });
+        self.bytes = self.bytes.saturating_sub(freed);
+        budget.used_bytes.fetch_sub(freed.min(budget.used_bytes.load(std::sync::atomic::Ordering::Relaxed)), std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// One output value from a group's state (the general path).
     fn output(&self, i: usize, spec: &AggSpec, acc: &Acc) -> StreamResult<ScalarValue> {
         let null = || ScalarValue::try_from(&spec.output_type);
         let v = match spec.kind {
@@ -211,6 +292,65 @@ impl AggregateOp {
         Ok(v)
     }
 
+    /// One output column for aggregate `j` over the emitted states
+    /// (columnar for the common types).
+    fn output_column(&self, j: usize, states: &[GroupState]) -> StreamResult<ArrayRef> {
+        let spec = &self.aggs[j];
+        let accs = states.iter().map(|s| &s.accs[j]);
+        let array: ArrayRef = match (spec.kind, &spec.output_type) {
+            (AggKind::Count | AggKind::CountDistinct, _) => Arc::new(Int64Array::from_iter_values(accs.map(|a| a.a))),
+            (AggKind::Sum, DataType::Int64) => {
+                Arc::new(Int64Array::from_iter(accs.map(|a| (a.a != 0).then_some(a.int as i64))))
+            }
+            (AggKind::Sum, DataType::Float64) => {
+                Arc::new(Float64Array::from_iter(accs.map(|a| (a.a != 0).then_some(a.float))))
+            }
+            (AggKind::Sum, DataType::Decimal128(p, s)) => Arc::new(
+                Decimal128Array::from_iter(accs.map(|a| (a.a != 0).then_some(a.int))).with_precision_and_scale(*p, *s)?,
+            ),
+            (AggKind::Avg, DataType::Float64) if !matches!(spec.input_type, DataType::Decimal128(..)) => {
+                let float = spec.input_type.is_floating();
+                Arc::new(Float64Array::from_iter(accs.map(|a| {
+                    (a.a != 0).then(|| if float { a.float } else { a.int as f64 } / a.a as f64)
+                })))
+            }
+            (AggKind::BoolAnd, _) => {
+                Arc::new(BooleanArray::from_iter(accs.map(|a| (a.a + a.b != 0).then_some(a.b == 0))))
+            }
+            (AggKind::BoolOr, _) => {
+                Arc::new(BooleanArray::from_iter(accs.map(|a| (a.a + a.b != 0).then_some(a.a > 0))))
+            }
+            (AggKind::Min | AggKind::Max, _) => {
+                let codec = self.value_codecs[j].as_ref().ok_or_else(|| StreamError::Corrupt("value codec".into()))?;
+                let present: Vec<&[u8]> = states.iter().filter_map(|s| s.accs[j].value.as_deref()).collect();
+                if present.is_empty() {
+                    new_null_array(&spec.input_type, states.len())
+                } else {
+                    let values = codec.decode(present)?;
+                    let mut next = 0u32;
+                    let idx: UInt32Array = states
+                        .iter()
+                        .map(|s| {
+                            s.accs[j].value.as_ref().map(|_| {
+                                next += 1;
+                                next - 1
+                            })
+                        })
+                        .collect();
+                    take(values[0].as_ref(), &idx, None)?
+                }
+            }
+            _ => {
+                let values = states.iter().map(|s| self.output(j, spec, &s.accs[j])).collect::<StreamResult<Vec<_>>>()?;
+                ScalarValue::iter_to_array(values)?
+            }
+        };
+        if array.data_type() != &spec.output_type {
+            return Ok(cast(&array, &spec.output_type)?);
+        }
+        Ok(array)
+    }
+
     fn empty_state(&self) -> GroupState {
         GroupState { rows: 0, accs: vec![Acc::default(); self.aggs.len()] }
     }
@@ -223,8 +363,8 @@ impl AggregateOp {
         self.global_checked = true;
         if self.load(&[])?.is_none() {
             let s = self.empty_state();
-            out.push(Vec::new(), self.outputs(&s)?, 1);
-            self.state.put(Self::group_key(&[]), s.encode());
+            out.push(Vec::new(), s.clone(), 1);
+            self.store(&[], Some(s));
         }
         Ok(())
     }
@@ -235,11 +375,8 @@ impl AggregateOp {
         }
         let n = out.weights.len();
         let mut columns: Vec<ArrayRef> = self.group_codec.decode(out.groups.iter().map(Vec::as_slice))?;
-        for (j, spec) in self.aggs.iter().enumerate() {
-            let values = out.values.iter().map(|v| v[j].clone());
-            let array = ScalarValue::iter_to_array(values)?;
-            let array = if array.data_type() != &spec.output_type { cast(&array, &spec.output_type)? } else { array };
-            columns.push(array);
+        for j in 0..self.aggs.len() {
+            columns.push(self.output_column(j, &out.states)?);
         }
         let options = datafusion::arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(n));
         let batch = RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)?;
@@ -254,14 +391,14 @@ fn overflow(what: &str) -> StreamError {
 #[derive(Default)]
 struct Emitted {
     groups: Vec<Vec<u8>>,
-    values: Vec<Vec<ScalarValue>>,
+    states: Vec<GroupState>,
     weights: Vec<i64>,
 }
 
 impl Emitted {
-    fn push(&mut self, group: Vec<u8>, values: Vec<ScalarValue>, weight: i64) {
+    fn push(&mut self, group: Vec<u8>, state: GroupState, weight: i64) {
         self.groups.push(group);
-        self.values.push(values);
+        self.states.push(state);
         self.weights.push(weight);
     }
 }
@@ -290,7 +427,7 @@ impl Operator for AggregateOp {
         let keys = self.group_codec.encode(&group_cols, n)?;
 
         // Pre-aggregate: rows → batch-local group index.
-        let mut index: HashMap<&[u8], usize> = HashMap::new();
+        let mut index: FastMap<&[u8], usize> = FastMap::default();
         let mut group_of = Vec::with_capacity(n);
         let mut order: Vec<&[u8]> = Vec::new();
         for i in 0..n {
@@ -312,13 +449,10 @@ impl Operator for AggregateOp {
             accumulate(spec, j, &arg, weights, &group_of, &mut deltas, self.value_codecs[j].as_ref(), &mut multisets[j])?;
         }
 
+        let global = self.is_global();
         for (g, group) in order.iter().enumerate() {
             let old = self.load(group)?;
-            let old_out = match &old {
-                Some(s) if s.rows > 0 || self.is_global() => Some(self.outputs(s)?),
-                _ => None,
-            };
-            let mut s = old.unwrap_or_else(|| self.empty_state());
+            let mut s = old.clone().unwrap_or_else(|| self.empty_state());
             let d = &deltas[g];
             s.rows += d.rows;
             for (j, spec) in self.aggs.iter().enumerate() {
@@ -375,26 +509,26 @@ impl Operator for AggregateOp {
                     s.accs[j].value = first.into_iter().next().map(|(k, _)| k[prefix.len()..].to_vec());
                 }
             }
-            let key = Self::group_key(group);
-            let new_out = if s.rows > 0 || self.is_global() { Some(self.outputs(&s)?) } else { None };
             if s.rows < 0 {
                 return Err(StreamError::Corrupt("a group's row count went below zero".into()));
             }
-            if s.rows == 0 && !self.is_global() {
-                self.state.delete(key);
-            } else {
-                self.state.put(key, s.encode());
-            }
-            if old_out != new_out {
-                if let Some(o) = old_out {
+            let old_visible = old.filter(|o| o.rows > 0 || global);
+            let new_visible = s.rows > 0 || global;
+            let changed = match &old_visible {
+                Some(o) => !new_visible || o.accs != s.accs || global,
+                None => new_visible,
+            };
+            if changed {
+                if let Some(o) = old_visible {
                     out.push(group.to_vec(), o, -1);
                 }
-                if let Some(nw) = new_out {
-                    out.push(group.to_vec(), nw, 1);
+                if new_visible {
+                    out.push(group.to_vec(), s.clone(), 1);
                 }
             }
+            self.store(group, if s.rows == 0 && !global { None } else { Some(s) });
         }
-        self.state.evict_if_needed();
+        self.evict_if_needed();
         self.build(out)
     }
 
@@ -402,8 +536,18 @@ impl Operator for AggregateOp {
         let mut out = Emitted::default();
         self.ensure_global(&mut out)?;
         let changes = self.build(out)?;
-        let writes = self.state.take_dirty(epoch);
-        self.state.evict_if_needed();
+        let mut writes = self.state.take_dirty(epoch);
+        for group in std::mem::take(&mut self.dirty) {
+            if let Some(slot) = self.groups.get_mut(&group) {
+                if slot.dirty {
+                    slot.dirty = false;
+                    slot.epoch = epoch;
+                    let key = self.state.full_key(&Self::group_key(&group));
+                    writes.push((key, slot.state.as_ref().map(GroupState::encode)));
+                }
+            }
+        }
+        self.evict_if_needed();
         Ok((changes, writes))
     }
 }

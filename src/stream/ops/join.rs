@@ -147,7 +147,7 @@ impl Operator for JoinOp {
         let kept = self.kept();
 
         // Rows by key; NULL keys never match.
-        let mut groups: HashMap<&[u8], Vec<usize>> = HashMap::new();
+        let mut groups: HashMap<&[u8], Vec<usize>, foldhash::fast::RandomState> = HashMap::default();
         let mut order: Vec<&[u8]> = Vec::new();
         for i in 0..n {
             if key_cols.iter().any(|c| c.is_null(i)) {
@@ -172,7 +172,7 @@ impl Operator for JoinOp {
             let other_rows: Vec<(Vec<u8>, i64)> = if other_degree > 0 {
                 let prefix = Self::rows_prefix(other, key);
                 self.state
-                    .scan_prefix(&prefix, usize::MAX)?
+                    .scan_all(&prefix)?
                     .into_iter()
                     .map(|(k, v)| Ok((k[prefix.len()..].to_vec(), decode_count(&v)?)))
                     .collect::<StreamResult<_>>()?
@@ -218,12 +218,18 @@ impl Operator for JoinOp {
                     }
                 }
             }
-            // Apply to this side's state.
+            // Apply to this side's state (loaded once per key, so that
+            // each row's count needs no RocksDB read).
             let prefix = Self::rows_prefix(side, key);
+            if before > 0 {
+                self.state.scan_all(&prefix)?;
+            } else {
+                self.state.mark_complete(&prefix);
+            }
             for &i in members {
                 let mut k = prefix.clone();
                 k.extend_from_slice(rows.row(i));
-                let c = match self.state.get(&k)? {
+                let c = match self.state.get_under(&prefix, &k)? {
                     Some(v) => decode_count(&v)?,
                     None => 0,
                 } + weights[i];
