@@ -102,6 +102,14 @@ impl StateTable {
         self.complete.insert(prefix.to_vec());
     }
 
+    /// Loads every key under `prefix` into the cache, once.
+    pub fn ensure_complete(&mut self, prefix: &[u8]) -> StreamResult<()> {
+        if !self.complete.contains(prefix) {
+            self.scan_all(prefix)?;
+        }
+        Ok(())
+    }
+
     /// Every live `(key, value)` under `prefix`, caching them all so that
     /// later scans and [`StateTable::get_under`] of this prefix need no
     /// RocksDB read.

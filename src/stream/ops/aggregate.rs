@@ -1,11 +1,12 @@
 //! The GROUP BY operator (also DISTINCT, which is a GROUP BY on every
 //! column without aggregates).
 //!
-//! Each batch is first pre-aggregated: rows are mapped to the batch's
-//! distinct groups (Arrow row format keys) and every aggregate's weighted
-//! delta is summed per group in one columnar pass. Only then is state
-//! touched, once per group per batch (and written once per group per
-//! epoch, at the barrier). Per group the state holds the row count and one
+//! Input is pre-aggregated: rows are mapped to their groups (Arrow row
+//! format keys, one hash lookup per row) and every aggregate's weighted
+//! delta is summed per group in one columnar pass, across all batches of
+//! the epoch. Only at the barrier (or when 64k groups are pending) is state
+//! touched — once per group — and the changed output rows emitted; state
+//! is written once per group per epoch. Per group the state holds the row count and one
 //! accumulator per aggregate:
 //!
 //! | aggregate | accumulator |
@@ -136,7 +137,22 @@ pub struct AggregateOp {
     dirty: Vec<Vec<u8>>,
     bytes: usize,
     global_checked: bool,
+    /// This epoch's input, pre-aggregated per group, not yet applied.
+    pending: Pending,
 }
+
+/// Input deltas accumulated since the last flush: group → index.
+#[derive(Default)]
+struct Pending {
+    index: FastMap<Vec<u8>, usize>,
+    order: Vec<Vec<u8>>,
+    deltas: Vec<Delta>,
+    /// Per aggregate: group index → value → weight (min/max/distinct).
+    multisets: Vec<HashMap<usize, HashMap<Vec<u8>, i64>>>,
+}
+
+/// Groups pre-aggregated before the operator applies them mid-epoch.
+const MAX_PENDING_GROUPS: usize = 65_536;
 
 impl AggregateOp {
     pub fn new(group: Vec<PhysExpr>, aggs: Vec<AggSpec>, schema: SchemaRef, state: StateTable) -> StreamResult<Self> {
@@ -168,6 +184,7 @@ impl AggregateOp {
             dirty: Vec::new(),
             bytes: 0,
             global_checked: false,
+            pending: Pending::default(),
         })
     }
 
@@ -410,14 +427,11 @@ struct Delta {
     accs: Vec<Acc>,
 }
 
-impl Operator for AggregateOp {
-    fn process(&mut self, _input: usize, changes: Changes) -> StreamResult<Vec<Changes>> {
+impl AggregateOp {
+    /// Adds a batch to the pending per-group deltas (one hash lookup per
+    /// row, one columnar pass per aggregate).
+    fn accumulate_batch(&mut self, changes: &Changes) -> StreamResult<()> {
         let n = changes.len();
-        let mut out = Emitted::default();
-        self.ensure_global(&mut out)?;
-        if n == 0 {
-            return self.build(out);
-        }
         let weights = changes.weights.values();
         let group_cols = self
             .group
@@ -425,30 +439,41 @@ impl Operator for AggregateOp {
             .map(|e| e.evaluate(&changes.batch).and_then(|v| v.into_array(n)))
             .collect::<Result<Vec<_>, _>>()?;
         let keys = self.group_codec.encode(&group_cols, n)?;
-
-        // Pre-aggregate: rows → batch-local group index.
-        let mut index: FastMap<&[u8], usize> = FastMap::default();
+        let n_aggs = self.aggs.len();
+        let p = &mut self.pending;
+        if p.multisets.len() != n_aggs {
+            p.multisets = vec![HashMap::new(); n_aggs];
+        }
         let mut group_of = Vec::with_capacity(n);
-        let mut order: Vec<&[u8]> = Vec::new();
         for i in 0..n {
             let k = keys.row(i);
-            let g = *index.entry(k).or_insert_with(|| {
-                order.push(k);
-                order.len() - 1
-            });
+            let g = match p.index.get(k) {
+                Some(&g) => g,
+                None => {
+                    let g = p.order.len();
+                    p.index.insert(k.to_vec(), g);
+                    p.order.push(k.to_vec());
+                    p.deltas.push(Delta { rows: 0, accs: vec![Acc::default(); n_aggs] });
+                    g
+                }
+            };
+            p.deltas[g].rows += weights[i];
             group_of.push(g);
         }
-        let mut deltas = vec![Delta { rows: 0, accs: vec![Acc::default(); self.aggs.len()] }; order.len()];
-        for i in 0..n {
-            deltas[group_of[i]].rows += weights[i];
-        }
-        // Per aggregate, one columnar pass; multisets collect value deltas.
-        let mut multisets: Vec<HashMap<usize, HashMap<Vec<u8>, i64>>> = vec![HashMap::new(); self.aggs.len()];
         for (j, spec) in self.aggs.iter().enumerate() {
             let arg = spec.arg.evaluate(&changes.batch)?.into_array(n)?;
-            accumulate(spec, j, &arg, weights, &group_of, &mut deltas, self.value_codecs[j].as_ref(), &mut multisets[j])?;
+            accumulate(spec, j, &arg, weights, &group_of, &mut p.deltas, self.value_codecs[j].as_ref(), &mut p.multisets[j])?;
         }
+        Ok(())
+    }
 
+    /// Applies the pending deltas to the groups' state (once per group)
+    /// and emits the changed output rows.
+    fn flush_pending(&mut self, out: &mut Emitted) -> StreamResult<()> {
+        let Pending { order, deltas, mut multisets, .. } = std::mem::take(&mut self.pending);
+        if multisets.len() != self.aggs.len() {
+            multisets = vec![HashMap::new(); self.aggs.len()];
+        }
         let global = self.is_global();
         for (g, group) in order.iter().enumerate() {
             let old = self.load(group)?;
@@ -529,12 +554,31 @@ impl Operator for AggregateOp {
             self.store(group, if s.rows == 0 && !global { None } else { Some(s) });
         }
         self.evict_if_needed();
+        Ok(())
+    }
+}
+
+impl Operator for AggregateOp {
+    /// Pre-aggregates the batch into the epoch's pending deltas; output
+    /// comes at the barrier (views change visibly only at checkpoints, so
+    /// nothing is delayed that anyone could see), or earlier when many
+    /// groups are pending.
+    fn process(&mut self, _input: usize, changes: Changes) -> StreamResult<Vec<Changes>> {
+        let mut out = Emitted::default();
+        self.ensure_global(&mut out)?;
+        if !changes.is_empty() {
+            self.accumulate_batch(&changes)?;
+        }
+        if self.pending.order.len() >= MAX_PENDING_GROUPS {
+            self.flush_pending(&mut out)?;
+        }
         self.build(out)
     }
 
     fn barrier(&mut self, epoch: u64) -> StreamResult<(Vec<Changes>, Vec<StateWrite>)> {
         let mut out = Emitted::default();
         self.ensure_global(&mut out)?;
+        self.flush_pending(&mut out)?;
         let changes = self.build(out)?;
         let mut writes = self.state.take_dirty(epoch);
         for group in std::mem::take(&mut self.dirty) {

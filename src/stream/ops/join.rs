@@ -222,7 +222,7 @@ impl Operator for JoinOp {
             // each row's count needs no RocksDB read).
             let prefix = Self::rows_prefix(side, key);
             if before > 0 {
-                self.state.scan_all(&prefix)?;
+                self.state.ensure_complete(&prefix)?;
             } else {
                 self.state.mark_complete(&prefix);
             }
