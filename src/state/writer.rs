@@ -22,7 +22,11 @@
 //! from the statements that write. After each durable commit the highest
 //! committed sequence number is published on a watch channel.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+
+/// Maps keyed by storage keys, with a fast (non-DoS-resistant) hasher: the
+/// keys are eddy's own.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::Arc;
 
 use rocksdb::{DB, WriteBatch, WriteOptions};
@@ -74,6 +78,9 @@ pub struct Txn<'a> {
     group: &'a HashMap<Vec<u8>, Option<Vec<u8>>>,
     staged: HashMap<Vec<u8>, Option<Vec<u8>>>,
     ranges: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Writes that no other closure reads through a `Txn` (operator state,
+    /// view rows): straight into the batch, no staging.
+    direct: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     logged: &'a mut HashSet<u64>,
     /// Values of logged-table keys read from RocksDB by this closure: the
     /// change log needs each key's value before the closure, and most
@@ -104,6 +111,12 @@ impl Txn<'_> {
 
     pub fn delete(&mut self, key: Vec<u8>) {
         self.staged.insert(key, None);
+    }
+
+    /// Writes a key that no closure reads back through a `Txn` (checkpoint
+    /// state): cheaper than [`Txn::put`], invisible to [`Txn::get`].
+    pub fn put_direct(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        self.direct.push((key, value));
     }
 
     /// Starts (or stops) writing changes of table `table_id` to the change
@@ -177,7 +190,7 @@ struct Group {
 
 impl Group {
     fn new() -> Self {
-        Self { batch: WriteBatch::default(), overlay: HashMap::new(), acks: Vec::new(), last_seq: None }
+        Self { batch: WriteBatch::default(), overlay: HashMap::default(), acks: Vec::new(), last_seq: None }
     }
 
     fn is_empty(&self) -> bool {
@@ -247,7 +260,8 @@ fn apply(db: &DB, group: &mut Group, req: Request, sync: &WriteOptions, log: &mu
     let mut txn = Txn {
         db,
         group: &group.overlay,
-        staged: HashMap::new(),
+        staged: HashMap::default(),
+        direct: Vec::new(),
         ranges: Vec::new(),
         logged: &mut log.logged,
         preimages: Default::default(),
@@ -257,7 +271,7 @@ fn apply(db: &DB, group: &mut Group, req: Request, sync: &WriteOptions, log: &mu
     let work = req.work;
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&mut txn)))
         .unwrap_or_else(|_| Err(StateError::rejected("XX000", "internal error while writing; the statement was not applied")));
-    let Txn { staged, ranges, preimages, .. } = txn;
+    let Txn { staged, ranges, preimages, direct, .. } = txn;
     let preimages = preimages.into_inner();
     let result = result.and_then(|value| {
         log_entry(db, &group.overlay, &staged, &log.logged, &preimages).map(|entry| (value, entry))
@@ -272,6 +286,12 @@ fn apply(db: &DB, group: &mut Group, req: Request, sync: &WriteOptions, log: &mu
             }
             for (from, to) in &ranges {
                 group.batch.delete_range(from, to);
+            }
+            for (k, v) in &direct {
+                match v {
+                    Some(val) => group.batch.put(k, val),
+                    None => group.batch.delete(k),
+                }
             }
             for (k, v) in staged {
                 match &v {

@@ -410,10 +410,7 @@ impl Coordinator {
                 .writer
                 .write(false, move |txn| {
                     for (k, v) in batch.iter() {
-                        match v {
-                            Some(v) => txn.put(k.clone(), v.clone()),
-                            None => txn.delete(k.clone()),
-                        }
+                        txn.put_direct(k.clone(), v.clone());
                     }
                     txn.put(keys::META_CHECKPOINT.to_vec(), record);
                     txn.delete_range(keys::log_key(0), keys::log_key(seq + 1));

@@ -22,13 +22,13 @@ pub struct MaterializeOp {
     prefix: Vec<u8>,
     schema: SchemaRef,
     codec: RowCodec,
-    pending: HashMap<Vec<u8>, i64>,
+    pending: HashMap<Vec<u8>, i64, foldhash::fast::RandomState>,
 }
 
 impl MaterializeOp {
     pub fn new(db: Arc<DB>, prefix: Vec<u8>, schema: SchemaRef) -> StreamResult<Self> {
         let types: Vec<_> = schema.fields().iter().map(|f| f.data_type().clone()).collect();
-        Ok(Self { db, prefix, codec: RowCodec::new(&types)?, schema, pending: HashMap::new() })
+        Ok(Self { db, prefix, codec: RowCodec::new(&types)?, schema, pending: HashMap::default() })
     }
 }
 
