@@ -61,8 +61,10 @@ impl Default for StreamConfig {
 
 /// Rows per batch fed into a graph.
 const SOURCE_BATCH_ROWS: usize = 16_384;
-/// Log entries read per RocksDB pass.
+/// Log entries read per RocksDB pass, and the bytes they may hold (at
+/// least one entry is read): a backlog stays on disk, not in memory.
 const LOG_ENTRIES_PER_READ: usize = 1024;
+const LOG_BYTES_PER_READ: usize = 16 << 20;
 /// Key prefix of persisted view failures.
 const FAILURE_PREFIX: &[u8] = b"m/mvfail/";
 
@@ -287,9 +289,11 @@ impl Coordinator {
         let mut it = self.db.raw_iterator_opt(opts);
         it.seek(keys::log_key(self.read_seq + 1));
         let mut out = Vec::new();
-        while it.valid() && out.len() < LOG_ENTRIES_PER_READ {
+        let mut bytes = 0usize;
+        while it.valid() && out.len() < LOG_ENTRIES_PER_READ && (out.is_empty() || bytes < LOG_BYTES_PER_READ) {
             let (Some(k), Some(v)) = (it.key(), it.value()) else { break };
             if let Some(seq) = keys::log_seq(k) {
+                bytes += v.len();
                 out.push((seq, v.to_vec()));
             }
             it.next();
