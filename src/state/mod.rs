@@ -90,13 +90,15 @@ impl Store {
         opts.increase_parallelism(2);
         // Bloom filters make a lookup of a key that does not exist (a new
         // group, a new join key, a unique check) cheap; a block cache keeps
-        // hot state blocks decompressed.
+        // hot state blocks decompressed. Index and filter blocks stay with
+        // their table readers (about 10 bits per key): caching them in the
+        // block cache made every lookup re-read whole filter blocks once the
+        // data outgrew the cache.
         let mut table = rocksdb::BlockBasedOptions::default();
         table.set_bloom_filter(10.0, false);
         table.set_block_cache(&rocksdb::Cache::new_lru_cache(64 << 20));
-        table.set_cache_index_and_filter_blocks(true);
-        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
         opts.set_block_based_table_factory(&table);
+        opts.set_write_buffer_size(32 << 20);
         let db = Arc::new(DB::open(&opts, data_dir.join("db"))?);
         let last_log = Self::last_key_in(&db, &[keys::LOG_PREFIX])?.and_then(|k| keys::log_seq(&k));
         let checkpoint = read_checkpoint(&db)?;

@@ -65,6 +65,11 @@ const SOURCE_BATCH_ROWS: usize = 16_384;
 /// least one entry is read): a backlog stays on disk, not in memory.
 const LOG_ENTRIES_PER_READ: usize = 1024;
 const LOG_BYTES_PER_READ: usize = 16 << 20;
+/// Changes dispatched before a checkpoint is forced: when the views lag
+/// behind the tables, the backlog is worked off in epochs of this size, so
+/// that the epoch's dirty state (which cannot be evicted until its
+/// checkpoint) stays bounded.
+const MAX_CHANGES_PER_EPOCH: usize = 131_072;
 /// Key prefix of persisted view failures.
 const FAILURE_PREFIX: &[u8] = b"m/mvfail/";
 
@@ -113,6 +118,7 @@ impl StreamRuntime {
             interval: Duration::from_millis(config.checkpoint_interval_ms.max(10)),
             failures: failures.clone(),
             started: false,
+            epoch_changes: 0,
         };
         tokio::spawn(coordinator.run(cmd_rx));
         Ok(Self { cmd, writer: store.writer().clone(), failures })
@@ -192,6 +198,8 @@ struct Coordinator {
     interval: Duration,
     failures: Arc<Mutex<HashMap<u64, FailureSlot>>>,
     started: bool,
+    /// Changes dispatched since the last checkpoint.
+    epoch_changes: usize,
 }
 
 impl Coordinator {
@@ -279,6 +287,9 @@ impl Coordinator {
             };
             self.dispatch(&entries).await?;
             self.read_seq = last;
+            if self.epoch_changes >= MAX_CHANGES_PER_EPOCH {
+                self.checkpoint(Vec::new()).await?;
+            }
         }
         Ok(())
     }
@@ -324,6 +335,7 @@ impl Coordinator {
                     );
                 }
                 let Some(buf) = buffers.get_mut(&change.table_id) else { continue };
+                self.epoch_changes += 1;
                 buf.0.push(change.row)?;
                 buf.1.push(change.weight);
                 buf.2.push(*seq);
@@ -449,6 +461,7 @@ impl Coordinator {
         }
         self.epoch = epoch;
         self.checkpoint_seq = seq;
+        self.epoch_changes = 0;
         self.budget.committed_epoch.store(epoch, std::sync::atomic::Ordering::SeqCst);
         let (done, waiting): (Vec<_>, Vec<_>) = self.waiters.drain(..).partition(|(s, _)| *s <= seq);
         self.waiters = waiting;

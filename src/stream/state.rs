@@ -41,7 +41,8 @@ struct Entry {
     epoch: u64,
 }
 
-const ENTRY_OVERHEAD: usize = 64;
+/// B-tree node share, two Vec headers and malloc rounding per entry.
+const ENTRY_OVERHEAD: usize = 112;
 
 fn entry_size(key: &[u8], value: &Option<Vec<u8>>) -> usize {
     key.len() + value.as_ref().map_or(0, Vec::len) + ENTRY_OVERHEAD

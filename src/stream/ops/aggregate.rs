@@ -119,8 +119,11 @@ struct Slot {
     epoch: u64,
 }
 
+/// Approximate heap bytes of a cached group (hash table entry, key and
+/// accumulator allocations, malloc rounding), measured, not guessed low:
+/// the budget is only as good as this estimate.
 fn slot_size(key: &[u8], n_aggs: usize) -> usize {
-    key.len() + 96 + n_aggs * 56
+    key.len() + 144 + n_aggs * 88
 }
 
 pub struct AggregateOp {
