@@ -303,3 +303,70 @@ impl Drop for StateTable {
         self.budget.used_bytes.fetch_sub(self.bytes.min(self.budget.used_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open() -> (tempfile::TempDir, crate::state::Store) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = crate::state::Store::open(&dir.path().join("data"), 8).expect("store");
+        (dir, store)
+    }
+
+    fn kv(pairs: &[(&str, &str)]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        pairs.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect()
+    }
+
+    #[test]
+    fn scan_merges_cache_over_rocksdb_and_respects_deletes() {
+        let (_dir, store) = open();
+        let db = store.db().clone();
+        for (k, v) in [("pa1", "x"), ("pa2", "y"), ("pb1", "z")] {
+            db.put(format!("S{k}"), v).expect("put");
+        }
+        let mut t = StateTable::new(db, b"S".to_vec(), CacheBudget::new(1 << 20));
+        t.put(b"pa3".to_vec(), b"w".to_vec());
+        t.delete(b"pa1".to_vec());
+        t.put(b"pa2".to_vec(), b"Y".to_vec());
+        assert_eq!(t.scan_prefix(b"pa", usize::MAX).expect("scan"), kv(&[("pa2", "Y"), ("pa3", "w")]));
+        assert_eq!(t.scan_prefix(b"pa", 1).expect("scan"), kv(&[("pa2", "Y")]));
+        assert_eq!(t.get(b"pb1").expect("get"), Some(b"z".to_vec()));
+        assert_eq!(t.get(b"pa1").expect("get"), None);
+    }
+
+    #[test]
+    fn dirty_entries_survive_eviction_until_their_checkpoint_commits() {
+        let (_dir, store) = open();
+        let db = store.db().clone();
+        let budget = CacheBudget::new(0); // always over budget
+        let mut t = StateTable::new(db.clone(), b"S".to_vec(), budget.clone());
+        t.put(b"k".to_vec(), b"v1".to_vec());
+        t.evict_if_needed();
+        assert_eq!(t.get(b"k").expect("get"), Some(b"v1".to_vec()), "dirty entries are never evicted");
+        let writes = t.take_dirty(7);
+        assert_eq!(writes, vec![(b"Sk".to_vec(), Some(b"v1".to_vec()))]);
+        t.evict_if_needed();
+        assert_eq!(t.get(b"k").expect("get"), Some(b"v1".to_vec()), "epoch 7 is not durable yet");
+        // The checkpoint commits: write it and publish the epoch.
+        db.put(b"Sk", b"v1").expect("put");
+        budget.committed_epoch.store(7, Ordering::SeqCst);
+        t.evict_if_needed();
+        assert_eq!(t.get(b"k").expect("get"), Some(b"v1".to_vec()), "read back from RocksDB");
+    }
+
+    #[test]
+    fn complete_prefixes_answer_from_the_cache_until_an_eviction() {
+        let (_dir, store) = open();
+        let db = store.db().clone();
+        db.put(b"Sp1", b"a").expect("put");
+        let budget = CacheBudget::new(1 << 20);
+        let mut t = StateTable::new(db.clone(), b"S".to_vec(), budget);
+        assert_eq!(t.scan_all(b"p").expect("scan"), kv(&[("p1", "a")]));
+        // Written behind the table's back: a complete prefix does not see it.
+        db.put(b"Sp2", b"b").expect("put");
+        assert_eq!(t.get_under(b"p", b"p2").expect("get"), None);
+        t.mark_complete(b"q");
+        assert_eq!(t.get_under(b"q", b"q1").expect("get"), None);
+    }
+}
