@@ -14,7 +14,8 @@
 //! Run: `cargo bench --bench views` (all parts) or `cargo bench --bench
 //! views -- operator server` (some). Sizes: EDDY_BENCH_ROWS (server part,
 //! default 1,000,000), EDDY_BENCH_BIG (incremental, default 10,000,000),
-//! EDDY_BENCH_GROUPS (memory, default 20,000,000). It prints numbers and
+//! EDDY_BENCH_GROUPS (memory, default 20,000,000; EDDY_BENCH_CACHE_MB sets
+//! its state_cache_mb, default 256). It prints numbers and
 //! asserts nothing about speed.
 
 use std::process::{Child, Command, Stdio};
@@ -259,7 +260,7 @@ async fn incremental() {
 
 async fn memory() {
     let groups = env_usize("EDDY_BENCH_GROUPS", 20_000_000);
-    let cache_mb = 256;
+    let cache_mb = env_usize("EDDY_BENCH_CACHE_MB", 256);
     let server = start(cache_mb);
     let pid = server.child.id();
     let c = connect(server.port).await;

@@ -462,6 +462,7 @@ impl Coordinator {
         self.epoch = epoch;
         self.checkpoint_seq = seq;
         self.epoch_changes = 0;
+        release_free_memory();
         self.budget.committed_epoch.store(epoch, std::sync::atomic::Ordering::SeqCst);
         let (done, waiting): (Vec<_>, Vec<_>) = self.waiters.drain(..).partition(|(s, _)| *s <= seq);
         self.waiters = waiting;
@@ -639,6 +640,17 @@ impl Coordinator {
             })
             .await?;
         Ok(())
+    }
+}
+
+/// Hands memory freed by the epoch (its state writes, consolidated rows)
+/// back to the operating system: glibc keeps freed heap otherwise, and a
+/// large epoch would leave the process's resident size at its peak.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
