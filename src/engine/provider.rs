@@ -241,15 +241,6 @@ fn is_cmp(op: Operator) -> bool {
     matches!(op, Operator::Eq | Operator::Lt | Operator::LtEq | Operator::Gt | Operator::GtEq)
 }
 
-fn flip(op: Operator) -> Operator {
-    match op {
-        Operator::Lt => Operator::Gt,
-        Operator::LtEq => Operator::GtEq,
-        Operator::Gt => Operator::Lt,
-        Operator::GtEq => Operator::LtEq,
-        other => other,
-    }
-}
 
 /// Encodes a literal as a key component of `data_type`, only if the value
 /// converts to the column's type without loss.
@@ -298,7 +289,7 @@ pub fn key_ranges(table: &Table, filters: &[Expr]) -> Vec<KeyRange> {
                 Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
                     let (lit, op) = match (left.as_ref(), right.as_ref()) {
                         (Expr::Column(_), Expr::Literal(v, _)) => (v, *op),
-                        (Expr::Literal(v, _), Expr::Column(_)) => (v, flip(*op)),
+                        (Expr::Literal(v, _), Expr::Column(_)) => (v, op.swap().unwrap_or(*op)),
                         _ => continue,
                     };
                     let Some(enc) = encode_literal(lit, &data_type) else { continue };

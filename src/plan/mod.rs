@@ -562,7 +562,7 @@ fn rank_bound(predicate: &Expr) -> RankHint {
         if let Expr::BinaryExpr(BinaryExpr { left, op, right }) = c {
             let (col, op, lit) = match (left.as_ref(), right.as_ref()) {
                 (Expr::Column(col), Expr::Literal(v, _)) => (col, *op, v),
-                (Expr::Literal(v, _), Expr::Column(col)) => (col, flip(*op), v),
+                (Expr::Literal(v, _), Expr::Column(col)) => (col, op.swap().unwrap_or(*op), v),
                 _ => continue,
             };
             let Some(n) = literal_usize(lit) else { continue };
@@ -578,15 +578,6 @@ fn rank_bound(predicate: &Expr) -> RankHint {
     found
 }
 
-fn flip(op: Operator) -> Operator {
-    match op {
-        Operator::Lt => Operator::Gt,
-        Operator::LtEq => Operator::GtEq,
-        Operator::Gt => Operator::Lt,
-        Operator::GtEq => Operator::LtEq,
-        o => o,
-    }
-}
 
 fn literal_usize(v: &ScalarValue) -> Option<usize> {
     match v {

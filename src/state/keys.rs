@@ -66,14 +66,18 @@ pub const META_VIEW_PREFIX: &[u8] = b"m/view/";
 /// The last complete checkpoint: epoch (u64 BE) and log position (u64 BE).
 pub const META_CHECKPOINT: &[u8] = b"m/checkpoint";
 
-/// The table id of a table-data key, if `key` is one.
-pub fn table_id_of(key: &[u8]) -> Option<u64> {
-    if key.first() != Some(&TABLE_PREFIX) || key.len() < 9 {
+/// The big-endian u64 after a one-byte `tag`, if `key` starts so and is
+/// long enough (exactly 9 bytes when `exact`).
+fn u64_after_tag(key: &[u8], tag: u8, exact: bool) -> Option<u64> {
+    if key.first() != Some(&tag) || key.len() < 9 || (exact && key.len() != 9) {
         return None;
     }
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&key[1..9]);
-    Some(u64::from_be_bytes(b))
+    key[1..9].try_into().ok().map(u64::from_be_bytes)
+}
+
+/// The table id of a table-data key, if `key` is one.
+pub fn table_id_of(key: &[u8]) -> Option<u64> {
+    u64_after_tag(key, TABLE_PREFIX, false)
 }
 
 /// The key of change-log entry `seq`.
@@ -86,12 +90,7 @@ pub fn log_key(seq: u64) -> Vec<u8> {
 
 /// The sequence number of a change-log key.
 pub fn log_seq(key: &[u8]) -> Option<u64> {
-    if key.first() != Some(&LOG_PREFIX) || key.len() != 9 {
-        return None;
-    }
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&key[1..9]);
-    Some(u64::from_be_bytes(b))
+    u64_after_tag(key, LOG_PREFIX, true)
 }
 
 /// The prefix of a materialized view's rows.

@@ -283,18 +283,7 @@ impl JoinOp {
             None if side == 0 => side_cols.into_iter().chain(other_cols).collect(),
             None => other_cols.into_iter().chain(side_cols).collect(),
         };
-        let options = datafusion::arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(m));
-        let out = super::map::rewrap(&self.out_schema, &RecordBatch::try_new_with_options(
-            std::sync::Arc::new(datafusion::arrow::datatypes::Schema::new(
-                columns
-                    .iter()
-                    .zip(self.out_schema.fields())
-                    .map(|(c, f)| f.as_ref().clone().with_data_type(c.data_type().clone()))
-                    .collect::<Vec<_>>(),
-            )),
-            columns,
-            &options,
-        )?)?;
+        let out = super::map::with_schema(&self.out_schema, columns, m)?;
         Ok(vec![Changes::new(out, Int64Array::from(pairs.weights))])
     }
 }

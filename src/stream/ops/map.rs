@@ -2,7 +2,7 @@
 //! as it is, columnar, with DataFusion's physical expressions; the weights
 //! ride along unchanged.
 
-use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 
 use super::Operator;
@@ -74,18 +74,17 @@ impl Operator for UnionOp {
 
 /// The same columns under another schema (casting where a type differs).
 pub fn rewrap(schema: &SchemaRef, batch: &RecordBatch) -> StreamResult<RecordBatch> {
-    let columns = batch
-        .columns()
-        .iter()
+    with_schema(schema, batch.columns().to_vec(), batch.num_rows())
+}
+
+/// A batch of `schema` from `rows` rows of `columns`, cast to the schema's
+/// types where they differ.
+pub fn with_schema(schema: &SchemaRef, columns: Vec<ArrayRef>, rows: usize) -> StreamResult<RecordBatch> {
+    let columns = columns
+        .into_iter()
         .zip(schema.fields())
-        .map(|(c, f)| {
-            if c.data_type() == f.data_type() {
-                Ok(c.clone())
-            } else {
-                datafusion::arrow::compute::cast(c, f.data_type())
-            }
-        })
+        .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c) } else { datafusion::arrow::compute::cast(&c, f.data_type()) })
         .collect::<Result<Vec<_>, _>>()?;
-    let options = datafusion::arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    let options = datafusion::arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(rows));
     Ok(RecordBatch::try_new_with_options(schema.clone(), columns, &options)?)
 }

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 
-use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, UInt64Array};
+use datafusion::arrow::array::{ArrayRef, Int64Array, UInt64Array};
 use datafusion::arrow::compute::{SortOptions, cast};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 
@@ -170,19 +170,7 @@ impl Operator for TopNOp {
             let t = self.schema.field(self.schema.fields().len() - 1).data_type();
             columns.push(if t != &DataType::UInt64 { cast(&ranks, t)? } else { ranks });
         }
-        let batch = super::map::rewrap(
-            &self.schema,
-            &RecordBatch::try_new(
-                std::sync::Arc::new(datafusion::arrow::datatypes::Schema::new(
-                    columns
-                        .iter()
-                        .zip(self.schema.fields())
-                        .map(|(c, f)| f.as_ref().clone().with_data_type(c.data_type().clone()))
-                        .collect::<Vec<_>>(),
-                )),
-                columns,
-            )?,
-        )?;
+        let batch = super::map::with_schema(&self.schema, columns, out_weights.len())?;
         Ok(vec![Changes::new(batch, Int64Array::from(out_weights))])
     }
 
