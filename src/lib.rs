@@ -6,10 +6,12 @@
 //! (a view's query → a tree of incremental operators) → `stream` (the
 //! operators, the change-log reader and checkpoints) → `state` (RocksDB:
 //! keys, rows, the change log, scans, the group-commit writer). `config`
-//! holds the typed configuration.
+//! holds the typed configuration. `connector` is where data enters and
+//! leaves: Kafka sources, Kafka-fed tables and Kafka sinks.
 
 pub mod catalog;
 pub mod config;
+pub mod connector;
 pub mod engine;
 pub mod plan;
 pub mod server;

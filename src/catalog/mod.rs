@@ -57,6 +57,13 @@ pub struct TableDef {
     /// Indexes into `columns` of the primary key, in key order; empty means
     /// the table is keyed by a hidden row id.
     pub primary_key: Vec<usize>,
+    /// A table fed from Kafka, or a source: its connector.
+    #[serde(default)]
+    pub connector: Option<crate::connector::ConnectorDef>,
+    /// A source (`CREATE SOURCE`): no rows are stored; its messages go to
+    /// the change log for the views and sinks that read it.
+    #[serde(default)]
+    pub source: bool,
 }
 
 impl TableDef {
@@ -114,6 +121,9 @@ pub struct MvDef {
     /// Column names given in `CREATE ... VIEW name (a, b)`.
     #[serde(default)]
     pub columns: Vec<String>,
+    /// A sink (`CREATE SINK`): where its output goes.
+    #[serde(default)]
+    pub sink: Option<crate::connector::SinkDef>,
 }
 
 /// A materialized view as the running server knows it.
@@ -136,6 +146,7 @@ pub struct View {
 pub enum PendingDef {
     Materialized(MvDef),
     View(MvDef),
+    Sink(MvDef),
 }
 
 pub struct Catalog {
@@ -143,6 +154,7 @@ pub struct Catalog {
     tables: RwLock<BTreeMap<String, Arc<Table>>>,
     mvs: RwLock<BTreeMap<String, Arc<MatView>>>,
     views: RwLock<BTreeMap<String, Arc<View>>>,
+    sinks: RwLock<BTreeMap<String, Arc<MvDef>>>,
     pending: std::sync::Mutex<Vec<PendingDef>>,
     next_id: AtomicU64,
     /// Bumped by every CREATE and DROP; cached plans check it.
@@ -173,22 +185,27 @@ impl Catalog {
             tables.insert(def.name.clone(), Arc::new(Table::new(def, next_row_id)));
         }
         let mut pending = Vec::new();
-        for (prefix, materialized) in [(keys::META_MV_PREFIX, true), (keys::META_VIEW_PREFIX, false)] {
+        for (prefix, kind) in [(keys::META_MV_PREFIX, 0), (keys::META_VIEW_PREFIX, 1), (keys::META_SINK_PREFIX, 2)] {
             for (_, value) in store.scan_prefix(prefix)? {
                 let def: MvDef = serde_json::from_slice(&value)
                     .map_err(|e| CatalogError::Corrupt(e.to_string()))?;
                 max_id = max_id.max(def.id);
-                pending.push(if materialized { PendingDef::Materialized(def) } else { PendingDef::View(def) });
+                pending.push(match kind {
+                    0 => PendingDef::Materialized(def),
+                    1 => PendingDef::View(def),
+                    _ => PendingDef::Sink(def),
+                });
             }
         }
         pending.sort_by_key(|d| match d {
-            PendingDef::Materialized(d) | PendingDef::View(d) => d.id,
+            PendingDef::Materialized(d) | PendingDef::View(d) | PendingDef::Sink(d) => d.id,
         });
         Ok(Self {
             store,
             tables: RwLock::new(tables),
             mvs: RwLock::new(BTreeMap::new()),
             views: RwLock::new(BTreeMap::new()),
+            sinks: RwLock::new(BTreeMap::new()),
             pending: std::sync::Mutex::new(pending),
             next_id: AtomicU64::new(max_id + 1),
             version: AtomicU64::new(0),
@@ -226,7 +243,29 @@ impl Catalog {
 
     /// Whether any relation has this name.
     pub fn exists(&self, name: &str) -> bool {
-        self.get(name).is_some() || self.get_mv(name).is_some() || self.get_view(name).is_some()
+        self.get(name).is_some() || self.get_mv(name).is_some() || self.get_view(name).is_some() || self.get_sink(name).is_some()
+    }
+
+    pub fn get_sink(&self, name: &str) -> Option<Arc<MvDef>> {
+        self.sinks.read().ok()?.get(name).cloned()
+    }
+
+    pub fn list_sinks(&self) -> Vec<Arc<MvDef>> {
+        self.sinks.read().map(|t| t.values().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Makes a sink visible (its entry is already durable).
+    pub fn insert_sink(&self, def: Arc<MvDef>) {
+        if let Ok(mut m) = self.sinks.write() {
+            m.insert(def.name.clone(), def);
+        }
+        self.version.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn remove_sink(&self, name: &str) -> Option<Arc<MvDef>> {
+        let removed = self.sinks.write().ok()?.remove(name);
+        self.version.fetch_add(1, Ordering::SeqCst);
+        removed
     }
 
     /// Definitions loaded at start-up that still need planning, oldest first.
@@ -251,6 +290,12 @@ impl Catalog {
                     .iter()
                     .filter(|v| v.def.depends_on.iter().any(|d| d == name))
                     .map(|v| (v.def.id, v.def.name.clone(), false)),
+            )
+            .chain(
+                self.list_sinks()
+                    .iter()
+                    .filter(|s| s.depends_on.iter().any(|d| d == name))
+                    .map(|s| (s.id, s.name.clone(), true)),
             )
             .collect();
         out.sort();
@@ -336,11 +381,24 @@ impl Catalog {
         primary_key: Vec<usize>,
         if_not_exists: bool,
     ) -> CatalogResult<bool> {
+        self.create_table_with(name, columns, primary_key, if_not_exists, None, false).await
+    }
+
+    /// [`Catalog::create_table`] for a table with a connector or a source.
+    pub async fn create_table_with(
+        &self,
+        name: String,
+        columns: Vec<ColumnDef>,
+        primary_key: Vec<usize>,
+        if_not_exists: bool,
+        connector: Option<crate::connector::ConnectorDef>,
+        source: bool,
+    ) -> CatalogResult<bool> {
         if self.exists(&name) {
             return if if_not_exists { Ok(false) } else { Err(CatalogError::AlreadyExists(name)) };
         }
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
-        let def = TableDef { id, name: name.clone(), columns, primary_key };
+        let def = TableDef { id, name: name.clone(), columns, primary_key, connector, source };
         let value = serde_json::to_vec(&def).map_err(|e| CatalogError::Corrupt(e.to_string()))?;
         self.store
             .writer()
@@ -397,6 +455,10 @@ impl Catalog {
                 txn.delete(keys::meta_table_key(id));
                 let prefix = keys::table_prefix(id);
                 txn.delete_range(prefix.clone(), keys::prefix_end(&prefix));
+                for p in [keys::META_SOURCE_OFFSET_PREFIX, keys::META_SOURCE_START_PREFIX] {
+                    let offsets = keys::meta_key(p, id);
+                    txn.delete_range(offsets.clone(), keys::prefix_end(&offsets));
+                }
                 Ok(0)
             })
             .await;

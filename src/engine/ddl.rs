@@ -24,6 +24,14 @@ pub async fn create_table(engine: &Engine, ct: CreateTable) -> EngineResult<Outp
         ));
     }
     let name = normalize_name(&ct.name)?;
+    let (columns, primary_key) = table_columns(&ct, &name)?;
+    engine.catalog.create_table(name, columns, primary_key, ct.if_not_exists).await?;
+    Ok(Output::Command { tag: "CREATE TABLE", rows: None })
+}
+
+/// The columns and primary key (column indexes) of a CREATE TABLE.
+pub fn table_columns(ct: &CreateTable, name: &str) -> EngineResult<(Vec<ColumnDef>, Vec<usize>)> {
+    let name = name.to_string();
     let mut columns: Vec<ColumnDef> = Vec::new();
     let mut primary_key: Vec<usize> = Vec::new();
     for col in &ct.columns {
@@ -89,8 +97,7 @@ pub async fn create_table(engine: &Engine, ct: CreateTable) -> EngineResult<Outp
     if columns.is_empty() {
         return Err(EngineError::Unsupported("a table without columns".into()));
     }
-    engine.catalog.create_table(name, columns, primary_key, ct.if_not_exists).await?;
-    Ok(Output::Command { tag: "CREATE TABLE", rows: None })
+    Ok((columns, primary_key))
 }
 
 fn multiple_pk(table: &str) -> EngineError {

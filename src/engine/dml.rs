@@ -299,7 +299,7 @@ fn positive_zero(array: &ArrayRef) -> StateResult<ArrayRef> {
     })
 }
 
-fn check_batch(table: &Table, batch: &RecordBatch) -> StateResult<RecordBatch> {
+pub(crate) fn check_batch(table: &Table, batch: &RecordBatch) -> StateResult<RecordBatch> {
     check_columns(table, batch.columns())
 }
 
@@ -381,7 +381,7 @@ fn duplicate_key(table: &Table, batch: &RecordBatch, row: usize) -> StateError {
 }
 
 /// The storage key of `batch[row]`, or a new hidden row id.
-fn row_key(table: &Table, batch: &RecordBatch, row: usize) -> StateResult<Vec<u8>> {
+pub(crate) fn row_key(table: &Table, batch: &RecordBatch, row: usize) -> StateResult<Vec<u8>> {
     let mut key = table_prefix(table.id());
     if table.def.primary_key.is_empty() {
         let id = table.next_row_id.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -408,6 +408,12 @@ async fn write_table<F>(engine: &Engine, table: Arc<Table>, work: F) -> EngineRe
 where
     F: FnOnce(&mut Txn<'_>, &Table) -> StateResult<u64> + Send + 'static,
 {
+    if table.def.source {
+        return Err(EngineError::user(
+            "42809",
+            format!("\"{}\" is a source: it stores no rows and cannot be written to (CREATE TABLE ... WITH (connector = ...) stores rows)", table.name()),
+        ));
+    }
     Ok(engine
         .store
         .writer()

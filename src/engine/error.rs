@@ -35,6 +35,8 @@ pub enum EngineError {
     Stream(#[from] crate::stream::StreamError),
     #[error("{0}")]
     DataFusion(DataFusionError),
+    #[error(transparent)]
+    Connector(#[from] crate::connector::ConnectorError),
     #[error("canceling statement due to user request")]
     Canceled,
     #[error("canceling statement due to statement timeout")]
@@ -86,6 +88,7 @@ impl EngineError {
             Self::Stream(crate::stream::StreamError::DataFusion(e)) => datafusion_sqlstate(e),
             Self::Stream(_) => "XX000",
             Self::DataFusion(e) => datafusion_sqlstate(e),
+            Self::Connector(e) => e.sqlstate(),
             Self::Canceled => "57014",
             Self::Timeout => "57014",
         }

@@ -7,6 +7,7 @@
 //! rows to stream, a command tag, or a COPY to carry out. A test drives an
 //! engine without any socket.
 
+pub mod connect;
 pub mod copy;
 pub mod ddl;
 pub mod dml;
@@ -17,6 +18,8 @@ pub mod names;
 pub mod pg;
 pub mod provider;
 pub mod session;
+pub mod source_provider;
+pub mod system;
 
 use std::sync::Arc;
 
@@ -89,6 +92,8 @@ pub struct Engine {
     /// Serializes CREATE and DROP of views (planning, filling and the
     /// catalog update of one must not interleave with another's).
     pub ddl_lock: tokio::sync::Mutex<()>,
+    /// Running Kafka ingest threads and sink publishers, and their counters.
+    pub connectors: Arc<crate::connector::kafka::Connectors>,
     parser: datafusion_pg_catalog::sql::PostgresCompatibilityParser,
 }
 
@@ -100,6 +105,7 @@ impl Engine {
         let engine = Self::new(store, stream_config)?;
         mv::restore(&engine).await?;
         engine.stream.start().await?;
+        connect::start_all(&engine);
         Ok(engine)
     }
 
@@ -122,6 +128,8 @@ impl Engine {
                 Arc::new(provider::EddySchema::new(catalog.clone(), store.clone(), view, stream.clone())),
             )?;
         }
+        let connectors = Arc::new(crate::connector::kafka::Connectors::default());
+        db_catalog.register_schema(system::SYSTEM_SCHEMA, Arc::new(system::SystemSchema::new(connectors.metrics.clone())))?;
         ctx.register_catalog(DATABASE, db_catalog);
         pg::install(&ctx, catalog.clone())?;
         Ok(Self {
@@ -130,13 +138,15 @@ impl Engine {
             ctx,
             stream,
             ddl_lock: tokio::sync::Mutex::new(()),
+            connectors,
             parser: datafusion_pg_catalog::sql::PostgresCompatibilityParser::new(),
         })
     }
 
     /// Parses SQL text (possibly several statements) into statements.
     pub fn parse(&self, sql: &str) -> EngineResult<Vec<Statement>> {
-        if sql.to_ascii_lowercase().contains("flush") {
+        let lower = sql.to_ascii_lowercase();
+        if ["flush", "source", "sink", "connector"].iter().any(|w| lower.contains(w)) {
             if let Some(stmts) = self.parse_with_flush(sql)? {
                 return Ok(stmts);
             }
@@ -144,9 +154,11 @@ impl Engine {
         self.parse_plain(sql)
     }
 
-    /// `FLUSH` is not in sqlparser's Postgres dialect: split the text into
-    /// statements and turn each bare `FLUSH` into a `Statement::Flush`.
-    /// Returns `None` when the text holds no bare FLUSH.
+    /// `FLUSH` and the streaming statements (`CREATE SOURCE`, ...) are not
+    /// in sqlparser's Postgres dialect: split the text into statements,
+    /// turn each bare `FLUSH` into a `Statement::Flush` and each streaming
+    /// statement into its carrier ([`connect::carrier`]). Returns `None`
+    /// when the text holds neither.
     fn parse_with_flush(&self, sql: &str) -> EngineResult<Option<Vec<Statement>>> {
         use datafusion::sql::sqlparser::{dialect::PostgreSqlDialect, tokenizer::{Token, Tokenizer}};
         let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize() else { return Ok(None) };
@@ -162,13 +174,19 @@ impl Engine {
             let words: Vec<&Token> = p.iter().filter(|t| !matches!(t, Token::Whitespace(_))).collect();
             matches!(words.as_slice(), [Token::Word(w)] if w.value.eq_ignore_ascii_case("flush"))
         };
-        if !pieces.iter().any(|p| is_flush(p)) {
+        let is_stream = |p: &[Token]| crate::connector::sql::is_stream_statement(p);
+        if !pieces.iter().any(|p| is_flush(p) || is_stream(p)) {
             return Ok(None);
         }
         let mut out = Vec::new();
         for p in pieces {
             if is_flush(&p) {
                 out.push(flush_statement());
+            } else if is_stream(&p) {
+                let text: String = p.iter().map(|t| t.to_string()).collect();
+                // Syntax errors surface now, like any other statement's.
+                crate::connector::sql::parse(&text).map_err(|e| EngineError::Syntax { message: e.0, position: None })?;
+                out.push(connect::carrier(text.trim()));
             } else if p.iter().any(|t| !matches!(t, Token::Whitespace(_))) {
                 let text: String = p.iter().map(|t| t.to_string()).collect();
                 out.extend(self.parse_plain(&text)?);
@@ -177,7 +195,7 @@ impl Engine {
         Ok(Some(out))
     }
 
-    fn parse_plain(&self, sql: &str) -> EngineResult<Vec<Statement>> {
+    pub(crate) fn parse_plain(&self, sql: &str) -> EngineResult<Vec<Statement>> {
         self.parser.parse(sql).map_err(|e| {
             // The compatibility parser drops token positions; the plain
             // parser's error on the same text carries them.
@@ -203,6 +221,10 @@ impl Engine {
             }
             Statement::ShowViews { materialized: true, .. } => {
                 return Ok(Description { params: vec![], result: Some(mv::text_schema("Name")), plan: None });
+            }
+            s if connect::carried(s).is_some() => {
+                let result = connect::result_schema(connect::carried(s).unwrap_or_default());
+                return Ok(Description { params: vec![], result, plan: None });
             }
             Statement::Query(_) | Statement::Explain { .. } => Some(self.plan(stmt.clone()).await?),
             Statement::Insert(ins) => Some(dml::insert_plan(self, ins.clone()).await?.0),
@@ -305,6 +327,10 @@ impl Engine {
             Statement::CreateView(cv) => mv::create(self, cv).await,
             Statement::ShowViews { materialized: true, .. } => mv::show(self),
             Statement::Flush { .. } => mv::flush(self).await,
+            ref s if connect::carried(s).is_some() => {
+                let text = connect::carried(s).unwrap_or_default().to_string();
+                connect::execute(self, &text).await
+            }
             Statement::Insert(ins) => dml::insert(self, ins, params).await,
             Statement::Update(u) => dml::update(self, u, params).await,
             Statement::Delete(d) => dml::delete(self, d, params).await,

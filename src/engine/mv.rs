@@ -19,15 +19,15 @@ use crate::catalog::{CatalogError, MatView, MvDef, PendingDef, View};
 use crate::plan::{self, StreamPlan};
 
 /// A view's query, planned.
-struct Planned {
+pub(crate) struct Planned {
     /// The unoptimized plan with the view's column names.
-    plan: LogicalPlan,
+    pub plan: LogicalPlan,
     /// The view's columns (Postgres names or the given column list).
-    schema: SchemaRef,
-    depends_on: Vec<String>,
+    pub schema: SchemaRef,
+    pub depends_on: Vec<String>,
 }
 
-async fn plan_query(engine: &Engine, query: &Query, columns: &[String]) -> EngineResult<Planned> {
+pub(crate) async fn plan_query(engine: &Engine, query: &Query, columns: &[String]) -> EngineResult<Planned> {
     let stmt = Statement::Query(Box::new(query.clone()));
     let plan = engine.plan(stmt.clone()).await?;
     let depends_on = plan::referenced_relations(&plan);
@@ -55,7 +55,7 @@ async fn plan_query(engine: &Engine, query: &Query, columns: &[String]) -> Engin
 }
 
 /// The stream plan of a materialized view's query.
-fn stream_plan(engine: &Engine, planned: &Planned) -> EngineResult<StreamPlan> {
+pub(crate) fn stream_plan(engine: &Engine, planned: &Planned) -> EngineResult<StreamPlan> {
     plan::check_deterministic(&planned.plan)?;
     let optimized = engine.ctx.state().optimize(&planned.plan)?;
     Ok(plan::build(&engine.catalog, &optimized, &planned.schema)?)
@@ -99,6 +99,7 @@ pub async fn create(engine: &Engine, cv: CreateView) -> EngineResult<Output> {
         depends_on: planned.depends_on.clone(),
         created_seq: 0,
         columns: column_names(&cv),
+        sink: None,
     };
     if !cv.materialized {
         let plan = renamed_plan(&planned)?;
@@ -119,6 +120,13 @@ pub async fn restore(engine: &Engine) -> EngineResult<()> {
         let (def, materialized) = match pending {
             PendingDef::Materialized(d) => (d, true),
             PendingDef::View(d) => (d, false),
+            PendingDef::Sink(d) => {
+                let name = d.name.clone();
+                if let Err(e) = super::connect::restore_sink(engine, d).await {
+                    tracing::error!("could not restore sink {name}: {e}");
+                }
+                continue;
+            }
         };
         let name = def.name.clone();
         if let Err(e) = restore_one(engine, def, materialized).await {
@@ -172,6 +180,16 @@ fn text_rows(column: &str, lines: Vec<String>) -> EngineResult<Output> {
     Ok(Output::Rows { schema, stream: Box::pin(stream) })
 }
 
+/// What a DROP statement names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropKind {
+    Table,
+    View,
+    MaterializedView,
+    Source,
+    Sink,
+}
+
 /// DROP TABLE | VIEW | MATERIALIZED VIEW [IF EXISTS] names [CASCADE].
 pub async fn drop(
     engine: &Engine,
@@ -180,23 +198,43 @@ pub async fn drop(
     if_exists: bool,
     cascade: bool,
 ) -> EngineResult<Output> {
+    let kind = match object_type {
+        ObjectType::Table => DropKind::Table,
+        ObjectType::View => DropKind::View,
+        _ => DropKind::MaterializedView,
+    };
+    let names = names.iter().map(normalize_name).collect::<EngineResult<Vec<_>>>()?;
+    drop_named(engine, kind, names, if_exists, cascade).await
+}
+
+/// DROP of any kind, by normalized names.
+pub async fn drop_named(
+    engine: &Engine,
+    kind: DropKind,
+    names: Vec<String>,
+    if_exists: bool,
+    cascade: bool,
+) -> EngineResult<Output> {
     let _ddl = engine.ddl_lock.lock().await;
-    let (tag, kind) = match object_type {
-        ObjectType::Table => ("DROP TABLE", "table"),
-        ObjectType::View => ("DROP VIEW", "view"),
-        _ => ("DROP MATERIALIZED VIEW", "materialized view"),
+    let (tag, kind_name) = match kind {
+        DropKind::Table => ("DROP TABLE", "table"),
+        DropKind::View => ("DROP VIEW", "view"),
+        DropKind::MaterializedView => ("DROP MATERIALIZED VIEW", "materialized view"),
+        DropKind::Source => ("DROP SOURCE", "source"),
+        DropKind::Sink => ("DROP SINK", "sink"),
     };
     let mut resolved = Vec::new();
-    for n in &names {
-        let name = normalize_name(n)?;
-        let found = match object_type {
-            ObjectType::Table => engine.catalog.get(&name).is_some(),
-            ObjectType::View => engine.catalog.get_view(&name).is_some(),
-            _ => engine.catalog.get_mv(&name).is_some(),
+    for name in names {
+        let found = match kind {
+            DropKind::Table => engine.catalog.get(&name).is_some_and(|t| !t.def.source),
+            DropKind::Source => engine.catalog.get(&name).is_some_and(|t| t.def.source),
+            DropKind::View => engine.catalog.get_view(&name).is_some(),
+            DropKind::MaterializedView => engine.catalog.get_mv(&name).is_some(),
+            DropKind::Sink => engine.catalog.get_sink(&name).is_some(),
         };
         if !found {
             if engine.catalog.exists(&name) {
-                return Err(CatalogError::WrongKind { name, expected: kind }.into());
+                return Err(CatalogError::WrongKind { name, expected: kind_name }.into());
             }
             if if_exists {
                 continue;
@@ -228,8 +266,16 @@ async fn drop_dependents(engine: &Engine, name: &str) -> EngineResult<()> {
 }
 
 async fn drop_one(engine: &Engine, name: &str) -> EngineResult<()> {
-    if engine.catalog.get(name).is_some() {
+    if let Some(table) = engine.catalog.get(name) {
+        engine.connectors.stop_ingest(table.id(), name);
         engine.catalog.drop_table(name, true).await?;
+    } else if let Some(sink) = engine.catalog.get_sink(name) {
+        engine.connectors.stop_sink(sink.id, name);
+        engine.catalog.remove_sink(name);
+        if let Err(e) = engine.stream.detach(sink.id).await {
+            engine.catalog.insert_sink(sink);
+            return Err(e.into());
+        }
     } else if engine.catalog.get_view(name).is_some() {
         engine.catalog.drop_view(name).await?;
     } else if engine.catalog.get_mv(name).is_some() {

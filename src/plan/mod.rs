@@ -131,6 +131,16 @@ pub struct StreamPlan {
     pub mvs: Vec<u64>,
 }
 
+/// Whether a plan only ever inserts rows: sources (Kafka messages) through
+/// filters, projections and unions. Everything else may retract.
+pub fn append_only(node: &PlanNode) -> bool {
+    match &node.op {
+        Op::TableSource { table, .. } => table.def.source,
+        Op::Filter { .. } | Op::Project { .. } | Op::Union => node.inputs.iter().all(append_only),
+        _ => false,
+    }
+}
+
 /// Every column nullable: what stream batches carry.
 pub fn nullable(schema: &Schema) -> SchemaRef {
     Arc::new(Schema::new(
@@ -275,7 +285,8 @@ impl Builder<'_> {
                 self.tables.push(table.id());
             }
             let cols: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-            let label = format!("TableSource: table={name}, columns=[{}], emits=retracting", cols.join(", "));
+            let (kind, emits) = if table.def.source { ("SourceRead", "append-only") } else { ("TableSource", "retracting") };
+            let label = format!("{kind}: {}={name}, columns=[{}], emits={emits}", if table.def.source { "source" } else { "table" }, cols.join(", "));
             return Ok(self.leaf(Op::TableSource { table, projection: scan.projection.clone() }, schema, label));
         }
         if let Some(mv) = self.catalog.get_mv(name) {

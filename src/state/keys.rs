@@ -65,6 +65,30 @@ pub const META_MV_PREFIX: &[u8] = b"m/mv/";
 pub const META_VIEW_PREFIX: &[u8] = b"m/view/";
 /// The last complete checkpoint: epoch (u64 BE) and log position (u64 BE).
 pub const META_CHECKPOINT: &[u8] = b"m/checkpoint";
+/// `m/sink/<id>`: a sink's definition (like a materialized view's).
+pub const META_SINK_PREFIX: &[u8] = b"m/sink/";
+/// `m/srcoff/<table id><partition>` → the next Kafka offset to ingest
+/// (i64 BE), written with the rows it follows.
+pub const META_SOURCE_OFFSET_PREFIX: &[u8] = b"m/srcoff/";
+/// `m/srcstart/<table id><partition>` → where ingest of a partition began
+/// (a new view on a source reads Kafka from there up to the offsets it
+/// starts from).
+pub const META_SOURCE_START_PREFIX: &[u8] = b"m/srcstart/";
+/// Operator-node id of a sink's outbox (`s<sink id><node><epoch><chunk>`).
+pub const SINK_OUTBOX_NODE: u32 = u32::MAX;
+
+/// A source partition's offset (or start) key.
+pub fn source_offset_key(prefix: &[u8], table_id: u64, partition: i32) -> Vec<u8> {
+    let mut k = meta_key(prefix, table_id);
+    k.extend_from_slice(&(partition as u32).to_be_bytes());
+    k
+}
+
+/// The partition of a source offset key under `meta_key(prefix, table_id)`.
+pub fn source_offset_partition(key: &[u8]) -> Option<i32> {
+    let tail = key.get(key.len().checked_sub(4)?..)?;
+    Some(u32::from_be_bytes([tail[0], tail[1], tail[2], tail[3]]) as i32)
+}
 
 /// The big-endian u64 after a one-byte `tag`, if `key` starts so and is
 /// long enough (exactly 9 bytes when `exact`).

@@ -86,6 +86,8 @@ pub struct Txn<'a> {
     /// change log needs each key's value before the closure, and most
     /// writes have just read it (a unique check) — no second read.
     preimages: std::cell::RefCell<HashMap<Vec<u8>, Option<Vec<u8>>>>,
+    /// Rows appended to a source's change log without being stored.
+    appended: Vec<(u64, Vec<u8>)>,
 }
 
 impl Txn<'_> {
@@ -117,6 +119,15 @@ impl Txn<'_> {
     /// state): cheaper than [`Txn::put`], invisible to [`Txn::get`].
     pub fn put_direct(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
         self.direct.push((key, value));
+    }
+
+    /// Appends a row (`+1`) of source `table_id` to the change log without
+    /// storing it (a source keeps no rows); dropped when no view reads
+    /// the source.
+    pub fn log_append(&mut self, table_id: u64, row: Vec<u8>) {
+        if self.logged.contains(&table_id) {
+            self.appended.push((table_id, row));
+        }
     }
 
     /// Starts (or stops) writing changes of table `table_id` to the change
@@ -223,11 +234,15 @@ fn log_entry(
     staged: &HashMap<Vec<u8>, Option<Vec<u8>>>,
     logged: &HashSet<u64>,
     preimages: &HashMap<Vec<u8>, Option<Vec<u8>>>,
+    appended: &[(u64, Vec<u8>)],
 ) -> StateResult<Option<Vec<u8>>> {
     if logged.is_empty() {
         return Ok(None);
     }
     let mut entry = LogEntryBuilder::default();
+    for (table_id, row) in appended {
+        entry.push(*table_id, 1, row);
+    }
     for (key, new) in staged {
         let Some(table_id) = keys::table_id_of(key) else { continue };
         if !logged.contains(&table_id) {
@@ -265,16 +280,17 @@ fn apply(db: &DB, group: &mut Group, req: Request, sync: &WriteOptions, log: &mu
         ranges: Vec::new(),
         logged: &mut log.logged,
         preimages: Default::default(),
+        appended: Vec::new(),
     };
     // A panic in a closure (a bug, or in a function evaluated for
     // ON CONFLICT) fails that statement only; the writer keeps running.
     let work = req.work;
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&mut txn)))
         .unwrap_or_else(|_| Err(StateError::rejected("XX000", "internal error while writing; the statement was not applied")));
-    let Txn { staged, ranges, preimages, direct, .. } = txn;
+    let Txn { staged, ranges, preimages, direct, appended, .. } = txn;
     let preimages = preimages.into_inner();
     let result = result.and_then(|value| {
-        log_entry(db, &group.overlay, &staged, &log.logged, &preimages).map(|entry| (value, entry))
+        log_entry(db, &group.overlay, &staged, &log.logged, &preimages, &appended).map(|entry| (value, entry))
     });
     match result {
         Ok((value, entry)) => {

@@ -90,6 +90,7 @@ pub struct StreamRuntime {
     cmd: Sender<Command>,
     writer: WriterHandle,
     failures: Arc<Mutex<HashMap<u64, FailureSlot>>>,
+    epochs: watch::Receiver<u64>,
 }
 
 impl StreamRuntime {
@@ -102,7 +103,9 @@ impl StreamRuntime {
         let failures = Arc::new(Mutex::new(HashMap::new()));
         let budget = CacheBudget::new(config.state_cache_bytes);
         budget.committed_epoch.store(checkpoint.epoch, std::sync::atomic::Ordering::SeqCst);
+        let (epoch_tx, epochs) = watch::channel(checkpoint.epoch);
         let coordinator = Coordinator {
+            epoch_tx,
             db: store.db().clone(),
             writer: store.writer().clone(),
             catalog,
@@ -121,7 +124,7 @@ impl StreamRuntime {
             epoch_changes: 0,
         };
         tokio::spawn(coordinator.run(cmd_rx));
-        Ok(Self { cmd, writer: store.writer().clone(), failures })
+        Ok(Self { cmd, writer: store.writer().clone(), failures, epochs })
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> StreamResult<T> {
@@ -159,6 +162,11 @@ impl StreamRuntime {
         self.call(|reply| Command::Shutdown { reply }).await
     }
 
+    /// The last durable checkpoint's epoch (sinks publish up to it).
+    pub fn committed_epoch(&self) -> watch::Receiver<u64> {
+        self.epochs.clone()
+    }
+
     /// Why a view stopped changing, if it did.
     pub fn failure(&self, mv_id: u64) -> Option<String> {
         let slots = self.failures.lock().ok()?;
@@ -181,6 +189,7 @@ struct Graph {
 }
 
 struct Coordinator {
+    epoch_tx: watch::Sender<u64>,
     db: Arc<DB>,
     writer: WriterHandle,
     catalog: Arc<Catalog>,
@@ -464,6 +473,7 @@ impl Coordinator {
         self.epoch_changes = 0;
         release_free_memory();
         self.budget.committed_epoch.store(epoch, std::sync::atomic::Ordering::SeqCst);
+        self.epoch_tx.send_replace(epoch);
         let (done, waiting): (Vec<_>, Vec<_>) = self.waiters.drain(..).partition(|(s, _)| *s <= seq);
         self.waiters = waiting;
         for (_, w) in done {
@@ -511,8 +521,11 @@ impl Coordinator {
         let mut sources = Vec::new();
         let root_rx = ops::spawn(plan.root, &ctx, &mut sources)?;
         let subscribers = Arc::new(Mutex::new(Vec::new()));
-        let materialize = MaterializeOp::new(self.db.clone(), keys::mv_prefix(def.id), schema)?;
-        tokio::spawn(ops::run(Box::new(materialize), vec![root_rx], Out::Subscribers(subscribers.clone()), ctx));
+        let terminal: Box<dyn ops::Operator> = match &def.sink {
+            Some(sink) => Box::new(ops::sink::SinkOp::new(def.id, sink, schema)?),
+            None => Box::new(MaterializeOp::new(self.db.clone(), keys::mv_prefix(def.id), schema)?),
+        };
+        tokio::spawn(ops::run(terminal, vec![root_rx], Out::Subscribers(subscribers.clone()), ctx));
 
         let mut table_inputs = Vec::new();
         let mut upstream = Vec::new();
@@ -576,7 +589,8 @@ impl Coordinator {
         self.graphs.insert(id, Graph { def: def.clone(), tables, table_inputs, upstream: upstream.clone(), subscribers });
         if create {
             let entry = serde_json::to_vec(&def).map_err(|e| StreamError::Corrupt(e.to_string()))?;
-            let catalog_write = (keys::meta_key(keys::META_MV_PREFIX, id), Some(entry));
+            let prefix = if def.sink.is_some() { keys::META_SINK_PREFIX } else { keys::META_MV_PREFIX };
+            let catalog_write = (keys::meta_key(prefix, id), Some(entry));
             if let Err(e) = self.checkpoint(vec![catalog_write]).await {
                 self.graphs.remove(&id);
                 self.remove_graph_links(id, &upstream);
@@ -628,6 +642,7 @@ impl Coordinator {
         self.writer
             .write(true, move |txn| {
                 txn.delete(keys::meta_key(keys::META_MV_PREFIX, mv_id));
+                txn.delete(keys::meta_key(keys::META_SINK_PREFIX, mv_id));
                 txn.delete(keys::meta_key(FAILURE_PREFIX, mv_id));
                 let rows = keys::mv_prefix(mv_id);
                 txn.delete_range(rows.clone(), prefix_end(&rows));
@@ -678,6 +693,11 @@ fn backfill(db: &DB, read_seq: u64, inputs: Vec<Backfill>) -> StreamResult<u64> 
     let created_seq = last_logged.max(read_seq);
     for input in inputs {
         match input {
+            Backfill::Table { table, projection, tx } if table.def.source => {
+                crate::connector::kafka::backfill_source(&snapshot, &table, projection.as_deref(), &mut |batch| {
+                    send_blocking(&tx, batch, None)
+                })?;
+            }
             Backfill::Table { table, projection, tx } => {
                 let mut decoder = RowDecoder::new(table.schema.clone(), projection.as_deref(), SOURCE_BATCH_ROWS)?;
                 let prefix = keys::table_prefix(table.id());

@@ -8,6 +8,7 @@ pub mod aggregate;
 pub mod join;
 pub mod map;
 pub mod materialize;
+pub mod sink;
 pub mod topn;
 
 use std::sync::{Arc, Mutex};

@@ -1,0 +1,352 @@
+//! The ingest thread of a source or Kafka-fed table: reads every
+//! partition of the topic, decodes chunks of messages, and writes each
+//! chunk — the rows (a table) or change-log entries (a source), plus the
+//! next offset of every partition it advanced — in one atomic write.
+//! Rejected messages are counted, listed in `kafka_source_errors` and,
+//! with `dead_letter_topic`, copied there. Partitions added to the topic
+//! later are picked up (read from their beginning). A broker that goes
+//! away is retried by librdkafka; the error shows in
+//! `kafka_source_partitions.last_error` until messages flow again.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::RecordBatch;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use rocksdb::DB;
+
+use super::{CHUNK_MESSAGES, consumer, decoder_for, message_ref, start_offset, stored_offsets};
+use crate::catalog::Table;
+use crate::connector::decode::{Decoded, RowOp};
+use crate::connector::metrics::SourceStats;
+use crate::connector::spec::Startup;
+use crate::connector::{ConnectorError, ConnectorResult};
+use crate::state::row::encode_row;
+use crate::state::{StateError, WriterHandle, keys};
+
+/// How often new partitions and end offsets are looked up.
+const METADATA_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a chunk waits to fill before it is written.
+const CHUNK_WAIT: Duration = Duration::from_millis(50);
+
+pub struct IngestHandle {
+    stop: Arc<AtomicBool>,
+}
+
+impl IngestHandle {
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// What the thread needs.
+pub struct Ingest {
+    pub table: Arc<Table>,
+    pub db: Arc<DB>,
+    pub writer: WriterHandle,
+    pub stats: Arc<Mutex<SourceStats>>,
+    pub runtime: tokio::runtime::Handle,
+    /// Validates and converts a decoded batch for the table (types,
+    /// NOT NULL, lengths); `Err` names the problem.
+    pub check: Arc<dyn Fn(&Table, &RecordBatch) -> Result<RecordBatch, String> + Send + Sync>,
+    /// The table's storage key of a row (primary key or a new row id).
+    pub row_key: Arc<dyn Fn(&Table, &RecordBatch, usize) -> Result<Vec<u8>, StateError> + Send + Sync>,
+}
+
+pub fn spawn(ingest: Ingest) -> IngestHandle {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let name = format!("eddy-ingest-{}", ingest.table.name());
+    let spawned = std::thread::Builder::new().name(name).spawn(move || {
+        let mut backoff = Duration::from_millis(500);
+        while !flag.load(Ordering::SeqCst) {
+            match run(&ingest, &flag) {
+                Ok(()) => break,
+                Err(e) => {
+                    let message = e.to_string();
+                    tracing::warn!(source = ingest.table.name(), "ingest stopped: {message}; retrying in {backoff:?}");
+                    lock(&ingest.stats).last_error = Some(message);
+                    sleep_unless(&flag, backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!("could not start an ingest thread: {e}");
+    }
+    IngestHandle { stop }
+}
+
+fn lock(stats: &Mutex<SourceStats>) -> std::sync::MutexGuard<'_, SourceStats> {
+    stats.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn sleep_unless(flag: &AtomicBool, d: Duration) {
+    let end = Instant::now() + d;
+    while Instant::now() < end && !flag.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn db_scan(db: &DB, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    db.prefix_iterator(prefix)
+        .filter_map(Result::ok)
+        .take_while(|(k, _)| k.starts_with(prefix))
+        .map(|(k, v)| (k.to_vec(), v.to_vec()))
+        .collect()
+}
+
+/// Runs until stopped; `Err` when the consumer must be rebuilt.
+fn run(ingest: &Ingest, stop: &AtomicBool) -> ConnectorResult<()> {
+    let table = &ingest.table;
+    let (decoder, opts, header_names) = decoder_for(table)?;
+    let group = opts.properties.get("group.id").cloned().unwrap_or_else(|| format!("eddy-{}", table.name()));
+    let client: BaseConsumer = consumer(&opts, Some(&group))?;
+    let dead_letters: Option<BaseProducer> = match &opts.dead_letter_topic {
+        Some(_) => Some(opts.client_config().create()?),
+        None => None,
+    };
+    // Offsets: the stored ones; partitions new to us start per startup mode.
+    let mut offsets: BTreeMap<i32, i64> =
+        stored_offsets(|p| db_scan(&ingest.db, p), keys::META_SOURCE_OFFSET_PREFIX, table.id());
+    let mut next_metadata = Instant::now();
+    let mut assigned: BTreeMap<i32, i64> = BTreeMap::new();
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        if Instant::now() >= next_metadata {
+            next_metadata = Instant::now() + METADATA_INTERVAL;
+            refresh(ingest, &client, &opts.topic, opts.startup, &mut offsets, &mut assigned)?;
+        }
+        // Fill a chunk.
+        let mut held = Vec::new();
+        let started = Instant::now();
+        while held.len() < CHUNK_MESSAGES && started.elapsed() < CHUNK_WAIT {
+            match client.poll(Duration::from_millis(20)) {
+                Some(Ok(m)) => held.push(m),
+                Some(Err(e)) => {
+                    lock(&ingest.stats).last_error = Some(format!("kafka: {e}"));
+                    break;
+                }
+                None => {
+                    if held.is_empty() && stop.load(Ordering::SeqCst) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        if held.is_empty() {
+            continue;
+        }
+        let refs: Vec<_> = held.iter().map(|m| message_ref(m, &header_names)).collect();
+        let Decoded { batch, ops, message, mut rejected } = decoder.decode(&refs);
+        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+        for m in &refs {
+            let e = next.entry(m.partition).or_insert(m.offset + 1);
+            *e = (*e).max(m.offset + 1);
+        }
+        // Table rules (types, NOT NULL, lengths): reject offending rows.
+        let (batch, ops, message) = match (ingest.check)(table, &batch) {
+            Ok(b) => (b, ops, message),
+            Err(_) => {
+                let mut parts = Vec::new();
+                let mut kept_ops = Vec::new();
+                let mut kept_msgs = Vec::new();
+                for i in 0..batch.num_rows() {
+                    match (ingest.check)(table, &batch.slice(i, 1)) {
+                        Ok(b) => {
+                            parts.push(b);
+                            kept_ops.push(ops[i]);
+                            kept_msgs.push(message[i]);
+                        }
+                        Err(e) => {
+                            let m = &refs[message[i]];
+                            rejected.push(crate::connector::decode::Rejected { partition: m.partition, offset: m.offset, error: e });
+                        }
+                    }
+                }
+                let merged = if parts.is_empty() {
+                    RecordBatch::new_empty(table.schema.clone())
+                } else {
+                    datafusion::arrow::compute::concat_batches(&parts[0].schema(), &parts)?
+                };
+                (merged, kept_ops, kept_msgs)
+            }
+        };
+        // Dead letters first: at least once, before the offsets move on.
+        if let (Some(producer), Some(topic)) = (&dead_letters, &opts.dead_letter_topic) {
+            for r in &rejected {
+                if let Some(m) = held.iter().find(|m| m.partition() == r.partition && m.offset() == r.offset) {
+                    let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
+                    if let Some(k) = m.key() {
+                        rec = rec.key(k);
+                    }
+                    if let Some(p) = m.payload() {
+                        rec = rec.payload(p);
+                    }
+                    let headers = rdkafka::message::OwnedHeaders::new()
+                        .insert(rdkafka::message::Header { key: "eddy.error", value: Some(r.error.as_bytes()) })
+                        .insert(rdkafka::message::Header { key: "eddy.source", value: Some(table.name().as_bytes()) });
+                    let _ = producer.send(rec.headers(headers));
+                }
+            }
+            let _ = producer.flush(Duration::from_secs(30));
+        }
+        let rows_per_partition = count_rows(&refs, &message);
+        if !write_chunk(ingest, batch, ops, &next)? {
+            return Ok(()); // the table was dropped
+        }
+        {
+            let mut stats = lock(&ingest.stats);
+            stats.last_error = None;
+            for (p, o) in &next {
+                stats.partitions.entry(*p).or_default().offset = *o;
+            }
+            for (p, n) in rows_per_partition {
+                stats.partitions.entry(p).or_default().rows_read += n;
+            }
+            for r in rejected {
+                stats.reject(r.partition, r.offset, r.error);
+            }
+        }
+        for (p, o) in &next {
+            offsets.insert(*p, *o);
+        }
+        // Tell the consumer group (best effort: eddy's own offsets rule).
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in &next {
+            let _ = tpl.add_partition_offset(&opts.topic, *p, Offset::Offset(*o));
+        }
+        let _ = client.commit(&tpl, CommitMode::Async);
+    }
+}
+
+fn count_rows(refs: &[crate::connector::decode::MessageRef<'_>], message: &[usize]) -> BTreeMap<i32, u64> {
+    let mut out = BTreeMap::new();
+    for &i in message {
+        *out.entry(refs[i].partition).or_insert(0) += 1;
+    }
+    out
+}
+
+/// Finds new partitions (resolving where they start, durably) and
+/// refreshes end offsets for lag.
+fn refresh(
+    ingest: &Ingest,
+    client: &BaseConsumer,
+    topic: &str,
+    startup: Startup,
+    offsets: &mut BTreeMap<i32, i64>,
+    assigned: &mut BTreeMap<i32, i64>,
+) -> ConnectorResult<()> {
+    let opts_topic = topic.to_string();
+    let parts = match partitions_of(client, &opts_topic) {
+        Ok(p) => p,
+        Err(e) => {
+            lock(&ingest.stats).last_error = Some(e.to_string());
+            return Ok(());
+        }
+    };
+    let mut new_starts = BTreeMap::new();
+    for p in &parts {
+        if !offsets.contains_key(p) {
+            // Partitions present at the first start follow the startup
+            // mode; ones added later are read from their beginning.
+            let mode = if offsets.is_empty() { startup } else { Startup::Earliest };
+            let o = start_offset(client, topic, *p, mode)?;
+            new_starts.insert(*p, o);
+        }
+    }
+    if !new_starts.is_empty() {
+        let id = ingest.table.id();
+        let starts = new_starts.clone();
+        ingest.runtime.block_on(ingest.writer.write(false, move |txn| {
+            for (p, o) in &starts {
+                txn.put(keys::source_offset_key(keys::META_SOURCE_START_PREFIX, id, *p), o.to_be_bytes().to_vec());
+                txn.put(keys::source_offset_key(keys::META_SOURCE_OFFSET_PREFIX, id, *p), o.to_be_bytes().to_vec());
+            }
+            Ok(0)
+        }))?;
+        offsets.extend(new_starts);
+    }
+    let unassigned: Vec<i32> = parts.iter().copied().filter(|p| !assigned.contains_key(p)).collect();
+    if !unassigned.is_empty() {
+        let mut tpl = TopicPartitionList::new();
+        for p in &unassigned {
+            let o = offsets.get(p).copied().unwrap_or(0);
+            tpl.add_partition_offset(topic, *p, Offset::Offset(o))?;
+            assigned.insert(*p, o);
+        }
+        client.incremental_assign(&tpl)?;
+    }
+    let mut stats = lock(&ingest.stats);
+    for p in &parts {
+        let entry = stats.partitions.entry(*p).or_default();
+        entry.offset = offsets.get(p).copied().unwrap_or(0);
+        if let Ok((_, high)) = client.fetch_watermarks(topic, *p, Duration::from_secs(2)) {
+            entry.end_offset = Some(high);
+        }
+    }
+    Ok(())
+}
+
+fn partitions_of(client: &BaseConsumer, topic: &str) -> ConnectorResult<Vec<i32>> {
+    let md = client.fetch_metadata(Some(topic), Duration::from_secs(5))?;
+    let parts: Vec<i32> = md
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if parts.is_empty() {
+        return Err(ConnectorError::NoTopic(format!("Kafka topic \"{topic}\" does not exist")));
+    }
+    Ok(parts)
+}
+
+/// One atomic write: the chunk's rows (or log entries) and the offsets.
+fn write_chunk(ingest: &Ingest, batch: RecordBatch, ops: Vec<RowOp>, next: &BTreeMap<i32, i64>) -> ConnectorResult<bool> {
+    let table = ingest.table.clone();
+    let next = next.clone();
+    let row_key = ingest.row_key.clone();
+    let written = ingest.runtime.block_on(ingest.writer.write(false, move |txn| {
+        let id = table.id();
+        if txn.get(&keys::meta_table_key(id))?.is_none() {
+            return Err(StateError::rejected("42P01", format!("relation \"{}\" was dropped", table.name())));
+        }
+        let mut value = Vec::new();
+        for row in 0..batch.num_rows() {
+            value.clear();
+            if table.def.source {
+                encode_row(batch.columns(), row, &mut value)?;
+                txn.log_append(id, value.clone());
+                continue;
+            }
+            let key = row_key(&table, &batch, row)?;
+            match ops[row] {
+                RowOp::Upsert => {
+                    encode_row(batch.columns(), row, &mut value)?;
+                    txn.put(key, value.clone());
+                }
+                RowOp::Delete => txn.delete(key),
+            }
+        }
+        for (p, o) in &next {
+            txn.put(keys::source_offset_key(keys::META_SOURCE_OFFSET_PREFIX, id, *p), o.to_be_bytes().to_vec());
+        }
+        Ok(batch.num_rows() as u64)
+    }));
+    match written {
+        Ok(_) => Ok(true),
+        Err(StateError::Rejected { sqlstate: "42P01", .. }) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+

@@ -1,0 +1,364 @@
+//! Streaming DDL: `CREATE SOURCE`, `CREATE TABLE ... WITH (connector)`,
+//! `CREATE SINK`, `SHOW SOURCES | SINKS`, `DROP SOURCE | SINK`, and
+//! starting every connector at start-up.
+//!
+//! sqlparser does not know these statements: [`crate::connector::sql`]
+//! recognises them, and [`carrier`] wraps the text in a statement the rest
+//! of the engine passes along unchanged (`EXECUTE eddy_stream_statement
+//! ('<text>')`) until [`execute`] parses it for real.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::sql::sqlparser::ast::{Expr, Ident, ObjectName, Statement, Value};
+
+use super::mv::{DropKind, plan_query, stream_plan};
+use super::{Engine, EngineError, EngineResult, Output};
+use crate::catalog::{CatalogError, ColumnDef, MvDef, SqlType, Table};
+use crate::connector::kafka::{self, ingest, sink};
+use crate::connector::spec::KafkaOptions;
+use crate::connector::sql::{StreamStatement, parse};
+use crate::connector::{ConnectorDef, ConnectorError, Format, IncludeKind, SinkDef};
+
+/// The name the carrier statement uses.
+pub const CARRIER: &str = "eddy_stream_statement";
+
+/// Wraps a streaming statement's text in a sqlparser statement.
+pub fn carrier(sql: &str) -> Statement {
+    Statement::Execute {
+        name: Some(ObjectName::from(vec![Ident::new(CARRIER)])),
+        parameters: vec![Expr::Value(Value::SingleQuotedString(sql.to_string()).into())],
+        has_parentheses: true,
+        immediate: false,
+        into: Vec::new(),
+        using: Vec::new(),
+        output: false,
+        default: false,
+    }
+}
+
+/// The text inside a carrier statement.
+pub fn carried(stmt: &Statement) -> Option<&str> {
+    let Statement::Execute { name: Some(name), parameters, .. } = stmt else { return None };
+    if name.to_string() != CARRIER {
+        return None;
+    }
+    match parameters.first() {
+        Some(Expr::Value(v)) => match &v.value {
+            Value::SingleQuotedString(s) => Some(s.as_str()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The command tag a streaming statement reports.
+pub fn tag_of(sql: &str) -> &'static str {
+    match parse(sql) {
+        Ok(StreamStatement::CreateSource { table: true, .. }) => "CREATE TABLE",
+        Ok(StreamStatement::CreateSource { .. }) => "CREATE SOURCE",
+        Ok(StreamStatement::CreateSink { .. }) => "CREATE SINK",
+        Ok(StreamStatement::Drop { sink: true, .. }) => "DROP SINK",
+        Ok(StreamStatement::Drop { .. }) => "DROP SOURCE",
+        _ => "SHOW",
+    }
+}
+
+pub async fn execute(engine: &Engine, sql: &str) -> EngineResult<Output> {
+    let stmt = parse(sql).map_err(|e| EngineError::Syntax { message: e.0, position: None })?;
+    match stmt {
+        StreamStatement::CreateSource { table, if_not_exists, name, table_sql, connector } => {
+            create_source(engine, table, if_not_exists, name, &table_sql, connector).await
+        }
+        StreamStatement::CreateSink { if_not_exists, name, query, sink } => {
+            create_sink(engine, if_not_exists, name, &query, sink).await
+        }
+        StreamStatement::ShowSources => show_sources(engine),
+        StreamStatement::ShowSinks => show_sinks(engine),
+        StreamStatement::Drop { sink, names, if_exists, cascade } => {
+            let kind = if sink { DropKind::Sink } else { DropKind::Source };
+            super::mv::drop_named(engine, kind, names, if_exists, cascade).await
+        }
+    }
+}
+
+fn include_type(kind: &IncludeKind, varchar: bool) -> SqlType {
+    match kind {
+        IncludeKind::Key | IncludeKind::Header(_) if varchar => SqlType::Text,
+        IncludeKind::Key | IncludeKind::Header(_) => SqlType::Bytea,
+        IncludeKind::Partition => SqlType::Int,
+        IncludeKind::Offset => SqlType::BigInt,
+        IncludeKind::Timestamp => SqlType::TimestampTz,
+    }
+}
+
+async fn create_source(
+    engine: &Engine,
+    table: bool,
+    if_not_exists: bool,
+    name: String,
+    table_sql: &str,
+    connector: ConnectorDef,
+) -> EngineResult<Output> {
+    let tag = if table { "CREATE TABLE" } else { "CREATE SOURCE" };
+    let Some(Statement::CreateTable(ct)) = engine.parse_plain(table_sql)?.into_iter().next() else {
+        return Err(EngineError::user("42601", "could not read the column list"));
+    };
+    let (mut columns, primary_key) = super::ddl::table_columns(&ct, &name)?;
+    for inc in &connector.includes {
+        if columns.iter().any(|c| c.name == inc.column) {
+            return Err(EngineError::user("42701", format!("column \"{}\" specified more than once", inc.column)));
+        }
+        columns.push(ColumnDef { name: inc.column.clone(), sql_type: include_type(&inc.kind, inc.varchar), nullable: true });
+    }
+    match connector.format {
+        Format::Plain => {}
+        Format::Upsert | Format::Debezium if !table => {
+            return Err(EngineError::user(
+                "0A000",
+                "FORMAT UPSERT and FORMAT DEBEZIUM need a table with a primary key: use CREATE TABLE ... (..., PRIMARY KEY (...)) WITH (...) FORMAT ...",
+            ));
+        }
+        Format::Upsert | Format::Debezium if primary_key.is_empty() => {
+            return Err(EngineError::user(
+                "42P16",
+                "FORMAT UPSERT and FORMAT DEBEZIUM need a primary key: add PRIMARY KEY (...) to the table",
+            ));
+        }
+        _ => {}
+    }
+    if table && connector.encode == crate::connector::Encode::Csv && connector.format != Format::Plain {
+        return Err(EngineError::user("0A000", "ENCODE CSV works with FORMAT PLAIN only"));
+    }
+    let opts = KafkaOptions::for_source(&connector.options)?;
+    if engine.catalog.exists(&name) {
+        if if_not_exists {
+            return Ok(Output::Command { tag, rows: None });
+        }
+        return Err(CatalogError::AlreadyExists(name).into());
+    }
+    // The decoder accepts the schema, the broker answers, the topic exists.
+    {
+        let schema = Arc::new(Schema::new(
+            columns.iter().map(|c| c.sql_type.field(&c.name, c.nullable)).collect::<Vec<_>>(),
+        ));
+        crate::connector::decode::Decoder::new(schema, primary_key.clone(), &connector)
+            .map_err(ConnectorError::Option)?;
+    }
+    kafka::check_topic(&opts).await?;
+    let _ddl = engine.ddl_lock.lock().await;
+    let created = engine
+        .catalog
+        .create_table_with(name.clone(), columns, primary_key, if_not_exists, Some(connector), !table)
+        .await?;
+    if created {
+        if let Some(t) = engine.catalog.get(&name) {
+            start_ingest(engine, t);
+        }
+    }
+    Ok(Output::Command { tag, rows: None })
+}
+
+/// Starts reading the topic of a source or Kafka table.
+pub fn start_ingest(engine: &Engine, table: Arc<Table>) {
+    let topic = table
+        .def
+        .connector
+        .as_ref()
+        .and_then(|c| c.options.get("topic").cloned())
+        .unwrap_or_default();
+    let stats = engine.connectors.metrics.source(table.name(), &topic);
+    let id = table.id();
+    let handle = ingest::spawn(ingest::Ingest {
+        table,
+        db: engine.store.db().clone(),
+        writer: engine.store.writer().clone(),
+        stats,
+        runtime: tokio::runtime::Handle::current(),
+        check: Arc::new(|t, b| super::dml::check_batch(t, b).map_err(|e| e.to_string())),
+        row_key: Arc::new(super::dml::row_key),
+    });
+    engine.connectors.add_ingest(id, handle);
+}
+
+/// Starts every connector of the catalog (at start-up, after the views).
+pub fn start_all(engine: &Engine) {
+    for t in engine.catalog.list() {
+        if t.def.connector.is_some() {
+            start_ingest(engine, t);
+        }
+    }
+}
+
+async fn create_sink(engine: &Engine, if_not_exists: bool, name: String, query: &str, sink: SinkDef) -> EngineResult<Output> {
+    let tag = "CREATE SINK";
+    let opts = KafkaOptions::for_sink(&sink.options)?;
+    if sink.encode != crate::connector::Encode::Json {
+        return Err(EngineError::user("0A000", "Kafka sinks write ENCODE JSON"));
+    }
+    let _ddl = engine.ddl_lock.lock().await;
+    if engine.catalog.exists(&name) {
+        if if_not_exists {
+            return Ok(Output::Command { tag, rows: None });
+        }
+        return Err(CatalogError::AlreadyExists(name).into());
+    }
+    if let Some(from) = &sink.from {
+        if engine.catalog.get_mv(from).is_none() && engine.catalog.get(from).is_none() {
+            return Err(EngineError::UndefinedTable(from.clone()));
+        }
+    }
+    let Some(Statement::Query(q)) = engine.parse_plain(query)?.into_iter().next() else {
+        return Err(EngineError::user("42601", "CREATE SINK ... AS needs a SELECT"));
+    };
+    let planned = plan_query(engine, &q, &[]).await?;
+    let sp = stream_plan(engine, &planned)?;
+    for k in &opts.primary_key {
+        if planned.schema.index_of(k).is_err() {
+            return Err(EngineError::UndefinedColumn(k.clone()));
+        }
+    }
+    match sink.format {
+        Format::Plain => {
+            if !crate::plan::append_only(&sp.root) && !opts.force_append_only {
+                return Err(EngineError::user(
+                    "0A000",
+                    "the sink's query can update or delete rows, which FORMAT PLAIN cannot express: use FORMAT UPSERT ENCODE JSON with primary_key = '...', or force_append_only = 'true' to drop updates and deletes",
+                ));
+            }
+        }
+        Format::Upsert | Format::Debezium => {
+            if opts.primary_key.is_empty() {
+                return Err(EngineError::user(
+                    "42601",
+                    "FORMAT UPSERT and FORMAT DEBEZIUM sinks need primary_key = 'col, ...'",
+                ));
+            }
+        }
+    }
+    kafka::check_topic(&opts).await?;
+    let def = MvDef {
+        id: engine.catalog.allocate_id(),
+        name: name.clone(),
+        sql: query.to_string(),
+        depends_on: planned.depends_on.clone(),
+        created_seq: 0,
+        columns: Vec::new(),
+        sink: Some(sink),
+    };
+    let def = engine.stream.attach(def, sp, true).await?;
+    start_publisher(engine, &def, opts)?;
+    engine.catalog.insert_sink(Arc::new(def));
+    Ok(Output::Command { tag, rows: None })
+}
+
+fn start_publisher(engine: &Engine, def: &MvDef, opts: KafkaOptions) -> EngineResult<()> {
+    let stats = engine.connectors.metrics.sink(&def.name, &opts.topic);
+    let handle = sink::spawn(sink::Publisher {
+        sink_id: def.id,
+        name: def.name.clone(),
+        opts,
+        db: engine.store.db().clone(),
+        writer: engine.store.writer().clone(),
+        epochs: engine.stream.committed_epoch(),
+        stats,
+    })?;
+    engine.connectors.add_sink(def.id, handle);
+    Ok(())
+}
+
+/// Rebuilds a sink's graph at start-up and starts its publisher.
+pub async fn restore_sink(engine: &Engine, def: MvDef) -> EngineResult<()> {
+    let Some(sink) = def.sink.clone() else { return Ok(()) };
+    let opts = KafkaOptions::for_sink(&sink.options)?;
+    let Some(Statement::Query(q)) = engine.parse_plain(&def.sql)?.into_iter().next() else {
+        return Err(EngineError::user("XX001", format!("stored definition of sink {} is not a query", def.name)));
+    };
+    let planned = plan_query(engine, &q, &[]).await?;
+    let sp = stream_plan(engine, &planned)?;
+    let def = engine.stream.attach(def, sp, false).await?;
+    start_publisher(engine, &def, opts)?;
+    engine.catalog.insert_sink(Arc::new(def));
+    Ok(())
+}
+
+fn rows(schema: Arc<Schema>, columns: Vec<Arc<dyn datafusion::arrow::array::Array>>) -> EngineResult<Output> {
+    let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| EngineError::DataFusion(e.into()))?;
+    let stream = datafusion::physical_plan::memory::MemoryStream::try_new(vec![batch], schema.clone(), None)?;
+    Ok(Output::Rows { schema, stream: Box::pin(stream) })
+}
+
+fn sources_schema() -> Arc<Schema> {
+    Arc::new(Schema::new(vec![
+        Field::new("Name", DataType::Utf8, false),
+        Field::new("Kind", DataType::Utf8, false),
+        Field::new("Connector", DataType::Utf8, false),
+        Field::new("Topic", DataType::Utf8, true),
+        Field::new("Format", DataType::Utf8, false),
+    ]))
+}
+
+fn sinks_schema() -> Arc<Schema> {
+    Arc::new(Schema::new(vec![
+        Field::new("Name", DataType::Utf8, false),
+        Field::new("Connector", DataType::Utf8, false),
+        Field::new("Topic", DataType::Utf8, true),
+        Field::new("Format", DataType::Utf8, false),
+        Field::new("Records", DataType::Int64, false),
+    ]))
+}
+
+/// The result columns of a streaming statement (SHOW ...), for Describe.
+pub fn result_schema(sql: &str) -> Option<Arc<Schema>> {
+    match parse(sql).ok()? {
+        StreamStatement::ShowSources => Some(sources_schema()),
+        StreamStatement::ShowSinks => Some(sinks_schema()),
+        _ => None,
+    }
+}
+
+fn show_sources(engine: &Engine) -> EngineResult<Output> {
+    let list: Vec<Arc<Table>> = engine.catalog.list().into_iter().filter(|t| t.def.connector.is_some()).collect();
+    let schema = sources_schema();
+    let get = |t: &Table, k: &str| t.def.connector.as_ref().and_then(|c| c.options.get(k).cloned());
+    let format = |t: &Table| {
+        t.def.connector.as_ref().map(|c| format!("{:?} {:?}", c.format, c.encode).to_uppercase()).unwrap_or_default()
+    };
+    rows(
+        schema,
+        vec![
+            Arc::new(StringArray::from(list.iter().map(|t| t.name().to_string()).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(
+                list.iter().map(|t| if t.def.source { "source" } else { "table" }).collect::<Vec<_>>(),
+            )),
+            Arc::new(StringArray::from(list.iter().map(|t| get(t, "connector").unwrap_or_default()).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(list.iter().map(|t| get(t, "topic")).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(list.iter().map(|t| format(t)).collect::<Vec<_>>())),
+        ],
+    )
+}
+
+fn show_sinks(engine: &Engine) -> EngineResult<Output> {
+    let list = engine.catalog.list_sinks();
+    let schema = sinks_schema();
+    let sink = |d: &MvDef, k: &str| d.sink.as_ref().and_then(|s| s.options.get(k).cloned());
+    let records = |d: &MvDef| {
+        let map = engine.connectors.metrics.sinks.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&d.name).map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).records as i64).unwrap_or(0)
+    };
+    rows(
+        schema,
+        vec![
+            Arc::new(StringArray::from(list.iter().map(|d| d.name.clone()).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(list.iter().map(|d| sink(d, "connector").unwrap_or_default()).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(list.iter().map(|d| sink(d, "topic")).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(
+                list.iter()
+                    .map(|d| d.sink.as_ref().map(|s| format!("{:?} {:?}", s.format, s.encode).to_uppercase()).unwrap_or_default())
+                    .collect::<Vec<_>>(),
+            )),
+            Arc::new(Int64Array::from(list.iter().map(|d| records(d)).collect::<Vec<_>>())),
+        ],
+    )
+}

@@ -1,0 +1,162 @@
+//! The `eddy_catalog` schema: system tables over the running connectors.
+//! - `kafka_source_partitions`: per source (or Kafka table) and partition,
+//!   the next offset to read, the partition's end offset, the lag, rows
+//!   read and rejected, and the connector's last error.
+//! - `kafka_source_errors`: the latest rejected messages (1000 per
+//!   source): partition, offset, error.
+//! - `kafka_sinks`: per sink, records sent, the last published epoch and
+//!   the last error.
+//!
+//! Each read is a snapshot of in-memory counters (they restart at zero
+//! with the server; offsets themselves are durable).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use datafusion::catalog::{MemTable, SchemaProvider, TableProvider};
+use datafusion::error::Result;
+
+use crate::connector::metrics::Metrics;
+
+pub const SYSTEM_SCHEMA: &str = "eddy_catalog";
+const TABLES: &[&str] = &["kafka_source_partitions", "kafka_source_errors", "kafka_sinks"];
+
+#[derive(Debug)]
+pub struct SystemSchema {
+    metrics: Arc<Metrics>,
+}
+
+impl SystemSchema {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+
+    fn build(&self, name: &str) -> Result<Option<RecordBatch>> {
+        let s = |v: Vec<String>| -> ArrayRef { Arc::new(StringArray::from(v)) };
+        let so = |v: Vec<Option<String>>| -> ArrayRef { Arc::new(StringArray::from(v)) };
+        let i64s = |v: Vec<Option<i64>>| -> ArrayRef { Arc::new(Int64Array::from(v)) };
+        let sources: Vec<(String, Arc<std::sync::Mutex<crate::connector::metrics::SourceStats>>)> = self
+            .metrics
+            .sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let batch = match name {
+            "kafka_source_partitions" => {
+                let (mut src, mut topic, mut part, mut off, mut end, mut lag, mut read, mut rej, mut err) =
+                    (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+                for (n, stats) in &sources {
+                    let st = stats.lock().unwrap_or_else(|p| p.into_inner());
+                    for (p, ps) in &st.partitions {
+                        src.push(n.clone());
+                        topic.push(st.topic.clone());
+                        part.push(*p);
+                        off.push(Some(ps.offset));
+                        end.push(ps.end_offset);
+                        lag.push(ps.end_offset.map(|e| (e - ps.offset).max(0)));
+                        read.push(Some(ps.rows_read as i64));
+                        rej.push(Some(ps.rows_rejected as i64));
+                        err.push(st.last_error.clone());
+                    }
+                }
+                let schema = Arc::new(Schema::new(vec![
+                    Field::new("source", DataType::Utf8, false),
+                    Field::new("topic", DataType::Utf8, false),
+                    Field::new("partition", DataType::Int32, false),
+                    Field::new("offset", DataType::Int64, true),
+                    Field::new("end_offset", DataType::Int64, true),
+                    Field::new("lag", DataType::Int64, true),
+                    Field::new("rows_read", DataType::Int64, true),
+                    Field::new("rows_rejected", DataType::Int64, true),
+                    Field::new("last_error", DataType::Utf8, true),
+                ]));
+                RecordBatch::try_new(
+                    schema,
+                    vec![s(src), s(topic), Arc::new(Int32Array::from(part)), i64s(off), i64s(end), i64s(lag), i64s(read), i64s(rej), so(err)],
+                )?
+            }
+            "kafka_source_errors" => {
+                let (mut src, mut topic, mut part, mut off, mut err, mut at) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+                for (n, stats) in &sources {
+                    let st = stats.lock().unwrap_or_else(|p| p.into_inner());
+                    for e in &st.errors {
+                        src.push(n.clone());
+                        topic.push(st.topic.clone());
+                        part.push(e.partition);
+                        off.push(Some(e.offset));
+                        err.push(e.error.clone());
+                        at.push(e.at.timestamp_micros());
+                    }
+                }
+                let schema = Arc::new(Schema::new(vec![
+                    Field::new("source", DataType::Utf8, false),
+                    Field::new("topic", DataType::Utf8, false),
+                    Field::new("partition", DataType::Int32, false),
+                    Field::new("offset", DataType::Int64, true),
+                    Field::new("error", DataType::Utf8, false),
+                    Field::new("at", DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())), false),
+                ]));
+                RecordBatch::try_new(
+                    schema,
+                    vec![
+                        s(src),
+                        s(topic),
+                        Arc::new(Int32Array::from(part)),
+                        i64s(off),
+                        s(err),
+                        Arc::new(TimestampMicrosecondArray::from(at).with_timezone("+00:00")),
+                    ],
+                )?
+            }
+            "kafka_sinks" => {
+                let sinks: Vec<(String, crate::connector::metrics::SinkStats)> = self
+                    .metrics
+                    .sinks
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.lock().unwrap_or_else(|p| p.into_inner()).clone()))
+                    .collect();
+                let schema = Arc::new(Schema::new(vec![
+                    Field::new("sink", DataType::Utf8, false),
+                    Field::new("topic", DataType::Utf8, false),
+                    Field::new("records", DataType::Int64, true),
+                    Field::new("published_epoch", DataType::Int64, true),
+                    Field::new("last_error", DataType::Utf8, true),
+                ]));
+                RecordBatch::try_new(
+                    schema,
+                    vec![
+                        s(sinks.iter().map(|(n, _)| n.clone()).collect()),
+                        s(sinks.iter().map(|(_, st)| st.topic.clone()).collect()),
+                        i64s(sinks.iter().map(|(_, st)| Some(st.records as i64)).collect()),
+                        i64s(sinks.iter().map(|(_, st)| Some(st.published_epoch as i64)).collect()),
+                        so(sinks.iter().map(|(_, st)| st.last_error.clone()).collect()),
+                    ],
+                )?
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some(batch))
+    }
+}
+
+#[async_trait]
+impl SchemaProvider for SystemSchema {
+    fn table_names(&self) -> Vec<String> {
+        TABLES.iter().map(|t| t.to_string()).collect()
+    }
+
+    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        let Some(batch) = self.build(name)? else { return Ok(None) };
+        Ok(Some(Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?)))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        TABLES.contains(&name)
+    }
+}

@@ -1,0 +1,280 @@
+//! The sink operator: the last operator of a `CREATE SINK` graph. It turns
+//! the epoch's changes into Kafka records (JSON key and value) and, at the
+//! barrier, hands them to the checkpoint as the sink's outbox
+//! (`s<sink id><SINK_OUTBOX_NODE><epoch><chunk>`). Once the checkpoint is
+//! durable, the sink's publisher ([`crate::connector::kafka::sink`])
+//! sends the outbox to Kafka and deletes it: output leaves eddy only for
+//! epochs whose state is durable.
+//!
+//! - PLAIN: one record per inserted row (deletes are refused at CREATE
+//!   unless `force_append_only`, then dropped).
+//! - UPSERT: per key, the epoch's net result: the last row, or a tombstone.
+//! - DEBEZIUM: per key, `{"before", "after", "op"}` with `c`, `u` or `d`.
+
+use std::collections::HashMap;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+
+use super::Operator;
+use crate::connector::{Format, SinkDef};
+use crate::state::keys;
+use crate::stream::{Changes, StateWrite, StreamError, StreamResult};
+
+/// Bytes per outbox value.
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// One Kafka record: key and value (`None` value: a tombstone).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+}
+
+pub struct SinkOp {
+    sink_id: u64,
+    format: Format,
+    key_columns: Vec<usize>,
+    schema: SchemaRef,
+    /// PLAIN: records in order.
+    plain: Vec<Record>,
+    /// UPSERT/DEBEZIUM: per key, (row before the epoch if retracted, row now).
+    keyed: HashMap<Vec<u8>, (Option<Option<Vec<u8>>>, Option<Vec<u8>>)>,
+    order: Vec<Vec<u8>>,
+}
+
+impl SinkOp {
+    pub fn new(sink_id: u64, def: &SinkDef, schema: SchemaRef) -> StreamResult<Self> {
+        let opts = crate::connector::spec::KafkaOptions::for_sink(&def.options)
+            .map_err(|e| StreamError::Failed(e.to_string()))?;
+        let key_columns = opts
+            .primary_key
+            .iter()
+            .map(|k| {
+                schema
+                    .index_of(k)
+                    .map_err(|_| StreamError::Failed(format!("primary_key column \"{k}\" is not in the sink's query")))
+            })
+            .collect::<StreamResult<Vec<_>>>()?;
+        Ok(Self { sink_id, format: def.format, key_columns, schema, plain: Vec::new(), keyed: HashMap::new(), order: Vec::new() })
+    }
+}
+
+/// Each row of `batch` as one JSON object (nulls written out).
+pub fn json_rows(batch: &RecordBatch) -> StreamResult<Vec<Vec<u8>>> {
+    let mut buf = Vec::with_capacity(batch.num_rows() * 64);
+    {
+        let mut writer = datafusion::arrow::json::WriterBuilder::new()
+            .with_explicit_nulls(true)
+            .build::<_, datafusion::arrow::json::writer::LineDelimited>(&mut buf);
+        writer.write(batch)?;
+        writer.finish()?;
+    }
+    // JSON strings escape newlines, so lines are rows.
+    Ok(buf.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec).collect())
+}
+
+impl Operator for SinkOp {
+    fn process(&mut self, _input: usize, changes: Changes) -> StreamResult<Vec<Changes>> {
+        let batch = RecordBatch::try_new(self.schema.clone(), changes.batch.columns().to_vec())?;
+        let values = json_rows(&batch)?;
+        let keys = if self.key_columns.is_empty() { None } else { Some(json_rows(&batch.project(&self.key_columns)?)?) };
+        for (i, value) in values.into_iter().enumerate() {
+            let weight = changes.weights.value(i);
+            let key = keys.as_ref().map(|k| k[i].clone());
+            match self.format {
+                Format::Plain => {
+                    for _ in 0..weight.max(0) {
+                        self.plain.push(Record { key: key.clone(), value: Some(value.clone()) });
+                    }
+                }
+                Format::Upsert | Format::Debezium => {
+                    let key = key.unwrap_or_default();
+                    let entry = self.keyed.entry(key.clone()).or_insert_with(|| {
+                        self.order.push(key);
+                        (None, None)
+                    });
+                    if weight > 0 {
+                        if entry.0.is_none() {
+                            // First seen arriving: the key held nothing before.
+                            entry.0 = Some(None);
+                        }
+                        entry.1 = Some(value);
+                    } else if weight < 0 {
+                        if entry.0.is_none() {
+                            // The row the key held before this epoch.
+                            entry.0 = Some(Some(value.clone()));
+                        }
+                        if entry.1.as_ref() == Some(&value) || entry.1.is_none() {
+                            entry.1 = None;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    fn barrier(&mut self, epoch: u64) -> StreamResult<(Vec<Changes>, Vec<StateWrite>)> {
+        let mut records = std::mem::take(&mut self.plain);
+        for key in std::mem::take(&mut self.order) {
+            let Some((before, after)) = self.keyed.remove(&key) else { continue };
+            let before = before.flatten();
+            match self.format {
+                Format::Upsert => {
+                    if before.is_none() && after.is_none() {
+                        continue;
+                    }
+                    records.push(Record { key: Some(key), value: after });
+                }
+                _ => {
+                    let op = match (&before, &after) {
+                        (None, Some(_)) => "c",
+                        (Some(_), Some(_)) => "u",
+                        (Some(_), None) => "d",
+                        (None, None) => continue,
+                    };
+                    let raw = |v: &Option<Vec<u8>>| -> String {
+                        v.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_else(|| "null".into())
+                    };
+                    let value = format!(
+                        "{{\"before\":{},\"after\":{},\"op\":\"{op}\",\"ts_ms\":{}}}",
+                        raw(&before),
+                        raw(&after),
+                        chrono::Utc::now().timestamp_millis()
+                    );
+                    records.push(Record { key: Some(key), value: Some(value.into_bytes()) });
+                }
+            }
+        }
+        Ok((Vec::new(), encode_outbox(self.sink_id, epoch, &records)))
+    }
+}
+
+/// The outbox writes of one epoch: records in chunks of about 1 MiB.
+pub fn encode_outbox(sink_id: u64, epoch: u64, records: &[Record]) -> Vec<StateWrite> {
+    let mut writes = Vec::new();
+    let mut chunk = Vec::new();
+    let flush = |chunk: &mut Vec<u8>, writes: &mut Vec<StateWrite>| {
+        let mut key = keys::op_state_prefix(sink_id, keys::SINK_OUTBOX_NODE);
+        key.extend_from_slice(&epoch.to_be_bytes());
+        key.extend_from_slice(&(writes.len() as u32).to_be_bytes());
+        writes.push((key, Some(std::mem::take(chunk))));
+    };
+    for r in records {
+        for part in [&r.key, &r.value] {
+            match part {
+                Some(b) => {
+                    chunk.extend_from_slice(&(b.len() as u32).to_le_bytes());
+                    chunk.extend_from_slice(b);
+                }
+                None => chunk.extend_from_slice(&u32::MAX.to_le_bytes()),
+            }
+        }
+        if chunk.len() >= CHUNK_BYTES {
+            flush(&mut chunk, &mut writes);
+        }
+    }
+    if !chunk.is_empty() {
+        flush(&mut chunk, &mut writes);
+    }
+    writes
+}
+
+/// Reads back the records of one outbox value.
+pub fn decode_outbox(mut buf: &[u8]) -> StreamResult<Vec<Record>> {
+    let mut out = Vec::new();
+    let part = |buf: &mut &[u8]| -> StreamResult<Option<Vec<u8>>> {
+        let len = buf.get(..4).ok_or_else(|| StreamError::Corrupt("sink outbox".into()))?;
+        let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]);
+        *buf = &buf[4..];
+        if len == u32::MAX {
+            return Ok(None);
+        }
+        let len = len as usize;
+        let bytes = buf.get(..len).ok_or_else(|| StreamError::Corrupt("sink outbox".into()))?.to_vec();
+        *buf = &buf[len..];
+        Ok(Some(bytes))
+    };
+    while !buf.is_empty() {
+        let key = part(&mut buf)?;
+        let value = part(&mut buf)?;
+        out.push(Record { key, value });
+    }
+    Ok(out)
+}
+
+/// The epoch of an outbox key.
+pub fn outbox_epoch(sink_id: u64, key: &[u8]) -> Option<u64> {
+    let prefix = keys::op_state_prefix(sink_id, keys::SINK_OUTBOX_NODE);
+    let rest = key.strip_prefix(prefix.as_slice())?;
+    Some(u64::from_be_bytes(rest.get(..8)?.try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    fn op(format: Format) -> SinkOp {
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Utf8, true), Field::new("n", DataType::Int64, true)]));
+        let options: BTreeMap<String, String> = [
+            ("connector", "kafka"),
+            ("topic", "t"),
+            ("properties.bootstrap.server", "h:1"),
+            ("primary_key", "k"),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        SinkOp::new(7, &SinkDef { options, format, encode: crate::connector::Encode::Json, from: None }, schema).unwrap()
+    }
+
+    fn changes(op: &SinkOp, rows: &[(&str, i64, i64)]) -> Changes {
+        let batch = RecordBatch::try_new(
+            op.schema.clone(),
+            vec![
+                Arc::new(StringArray::from(rows.iter().map(|r| r.0).collect::<Vec<_>>())),
+                Arc::new(Int64Array::from(rows.iter().map(|r| r.1).collect::<Vec<_>>())),
+            ],
+        )
+        .unwrap();
+        Changes::new(batch, Int64Array::from(rows.iter().map(|r| r.2).collect::<Vec<_>>()))
+    }
+
+    fn records(writes: Vec<StateWrite>) -> Vec<(String, Option<String>)> {
+        writes
+            .into_iter()
+            .flat_map(|(_, v)| decode_outbox(&v.unwrap()).unwrap())
+            .map(|r| (String::from_utf8(r.key.unwrap()).unwrap(), r.value.map(|v| String::from_utf8(v).unwrap())))
+            .collect()
+    }
+
+    #[test]
+    fn upsert_nets_each_key() {
+        let mut s = op(Format::Upsert);
+        let c = changes(&s, &[("a", 1, -1), ("b", 1, 1), ("a", 2, 1), ("b", 1, -1), ("z", 1, -1)]);
+        s.process(0, c).unwrap();
+        let (_, writes) = s.barrier(1).unwrap();
+        assert_eq!(records(writes), vec![
+            (r#"{"k":"a"}"#.to_string(), Some(r#"{"k":"a","n":2}"#.to_string())),
+            (r#"{"k":"z"}"#.to_string(), None),
+        ]);
+        let (_, writes) = s.barrier(2).unwrap();
+        assert!(writes.is_empty());
+    }
+
+    #[test]
+    fn debezium_ops() {
+        let mut s = op(Format::Debezium);
+        let c = changes(&s, &[("a", 1, -1), ("a", 2, 1), ("c", 5, 1)]);
+        s.process(0, c).unwrap();
+        let (_, writes) = s.barrier(3).unwrap();
+        let r = records(writes);
+        assert!(r[0].1.as_deref().unwrap().starts_with(r#"{"before":{"k":"a","n":1},"after":{"k":"a","n":2},"op":"u""#));
+        assert!(r[1].1.as_deref().unwrap().contains(r#""op":"c""#));
+    }
+}
