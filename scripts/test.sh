@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Runs eddy's whole test suite: unit tests, the sqllogictest files over the
-# Postgres protocol, durability (SIGKILL) tests and real clients (psql,
-# psycopg). Installs what the tests need when it is missing.
+# Postgres protocol, durability (SIGKILL) tests, real clients (psql,
+# psycopg, pgjdbc) and Kafka tests against a real broker. Installs what the
+# tests need when it is missing and starts the Kafka broker
+# (scripts/kafka.sh: Apache Kafka's jars from Maven Central, KRaft, one
+# node on 127.0.0.1:9092; left running for the next run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +13,8 @@ if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
 need_apt=()
 command -v psql >/dev/null || need_apt+=(postgresql-client)
 dpkg -s libclang-dev >/dev/null 2>&1 || need_apt+=(libclang-dev)
+dpkg -s libssl-dev >/dev/null 2>&1 || need_apt+=(libssl-dev)
+command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   $SUDO apt-get update -qq
@@ -19,6 +24,9 @@ python3 -c "import psycopg" 2>/dev/null || python3 -m pip install -q "psycopg[bi
 # pgjdbc for the JDBC client test (Java 17 and Maven are on the machine).
 [ -f "$HOME/.m2/repository/org/postgresql/postgresql/42.7.14/postgresql-42.7.14.jar" ] ||
   mvn -q dependency:get -Dartifact=org.postgresql:postgresql:42.7.14
+
+# A real Kafka broker for tests/kafka.rs (EDDY_TEST_KAFKA overrides it).
+if [ -z "${EDDY_TEST_KAFKA:-}" ]; then scripts/kafka.sh start; fi
 
 # Build output lives outside the clone so repeated runs reuse it.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/eddy/target}"

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod kafka;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -160,5 +162,31 @@ impl Rng {
 
     pub fn chance(&mut self, percent: u64) -> bool {
         self.next() % 100 < percent
+    }
+}
+
+/// Polls `sql` until its sorted rows equal `expected` (30 s), for results
+/// that arrive asynchronously (Kafka ingest); panics with the last rows.
+pub async fn wait_rows(client: &tokio_postgres::Client, sql: &str, expected: &[&str]) {
+    let mut want: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = rows_text(client, sql).await;
+        if got == want {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("{sql}: expected {want:?}, got {got:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The SQLSTATE of a failing statement.
+pub async fn error_code(client: &tokio_postgres::Client, sql: &str) -> String {
+    match client.simple_query(sql).await {
+        Ok(_) => panic!("{sql}: expected an error"),
+        Err(e) => e.as_db_error().map(|d| d.code().code().to_string()).unwrap_or_else(|| format!("{e}")),
     }
 }
