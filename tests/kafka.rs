@@ -438,3 +438,41 @@ async fn broker_stopped_and_restarted() {
     }
     broker("stop");
 }
+
+/// The README's Kafka example (`sql/kafka_example.sql`) runs as written,
+/// on topics of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_kafka_example() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let sql = std::fs::read_to_string(format!("{root}/sql/kafka_example.sql")).expect("example");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).expect("README");
+    assert!(readme.contains(&sql), "README.md must show sql/kafka_example.sql as it is");
+    let input = unique("transactions");
+    let output = unique("spend");
+    create_topic(&input, 3).await;
+    create_topic(&output, 1).await;
+    let p = producer();
+    for m in [r#"{"id":1,"account":"a","amount":10}"#, r#"{"id":2,"account":"b","amount":5}"#, r#"{"id":3,"account":"a","amount":2.5}"#] {
+        send(&p, &input, None, None, Some(m), &[]).await;
+    }
+    let sql = sql
+        .replace("'transactions'", &format!("'{input}'"))
+        .replace("'spend'", &format!("'{output}'"))
+        .replace("'127.0.0.1:9092'", &format!("'{}'", bootstrap()));
+    let server = TestServer::start();
+    let c = server.connect().await;
+    for stmt in sql.split(";\n").map(str::trim).filter(|s| !s.is_empty() && !s.lines().all(|l| l.starts_with("--"))) {
+        exec(&c, stmt).await;
+    }
+    wait_rows(&c, "SELECT * FROM spend", &["a|2|12.5", "b|1|5"]).await;
+    wait_rows(&c, "SELECT sum(rows_read) FROM eddy_catalog.kafka_source_partitions", &["3"]).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let state = upsert_state(&read_all(&output));
+        if state.get(r#"{"account":"a"}"#).map(String::as_str) == Some(r#"{"account":"a","n":2,"total":12.5}"#) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{state:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

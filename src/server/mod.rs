@@ -118,6 +118,8 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     }
     tracing::info!("shutting down");
     drop(listener);
+    // Ingest stops first: the last checkpoint then covers all it wrote.
+    engine.connectors.stop_all();
     if let Err(e) = engine.stream.shutdown().await {
         tracing::warn!("final checkpoint failed: {e}");
     }
