@@ -154,6 +154,11 @@ async fn create_source(
         .await?;
     if created {
         if let Some(t) = engine.catalog.get(&name) {
+            if let Err(e) = ingest::record_start(engine.store.writer(), t.id(), &opts).await {
+                // Not started: undo the CREATE.
+                let _ = engine.catalog.drop_table(&name, true).await;
+                return Err(e.into());
+            }
             start_ingest(engine, t);
         }
     }
@@ -170,6 +175,24 @@ pub fn start_ingest(engine: &Engine, table: Arc<Table>) {
         .unwrap_or_default();
     let stats = engine.connectors.metrics.source(table.name(), &topic);
     let id = table.id();
+    // One reader per partition, up to one per core.
+    let partitions = kafka::stored_offsets(
+        |p| {
+            engine
+                .store
+                .db()
+                .prefix_iterator(p)
+                .filter_map(Result::ok)
+                .take_while(|(k, _)| k.starts_with(p))
+                .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                .collect()
+        },
+        crate::state::keys::META_SOURCE_OFFSET_PREFIX,
+        id,
+    )
+    .len();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let workers = partitions.clamp(1, cores);
     let handle = ingest::spawn(ingest::Ingest {
         table,
         db: engine.store.db().clone(),
@@ -178,7 +201,7 @@ pub fn start_ingest(engine: &Engine, table: Arc<Table>) {
         runtime: tokio::runtime::Handle::current(),
         check: Arc::new(|t, b| super::dml::check_batch(t, b).map_err(|e| e.to_string())),
         row_key: Arc::new(super::dml::row_key),
-    });
+    }, workers);
     engine.connectors.add_ingest(id, handle);
 }
 

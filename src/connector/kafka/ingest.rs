@@ -38,6 +38,34 @@ pub struct IngestHandle {
     stop: Arc<AtomicBool>,
 }
 
+/// Where a new source or Kafka table starts: every partition the topic has
+/// now, at `startup`, written (as start and next offset) before ingest
+/// begins. Partitions that appear later are read from their beginning.
+pub async fn record_start(
+    writer: &WriterHandle,
+    table_id: u64,
+    opts: &crate::connector::spec::KafkaOptions,
+) -> ConnectorResult<()> {
+    let o = opts.clone();
+    let starts = tokio::task::spawn_blocking(move || -> ConnectorResult<Vec<(i32, i64)>> {
+        let client = consumer(&o, None)?;
+        let parts = super::partitions(&client, &o, super::CONNECT_TIMEOUT)?;
+        parts.into_iter().map(|p| Ok((p, start_offset(&client, &o.topic, p, o.startup)?))).collect()
+    })
+    .await
+    .map_err(|e| ConnectorError::Unreachable(e.to_string()))??;
+    writer
+        .write(false, move |txn| {
+            for (p, o) in &starts {
+                txn.put(keys::source_offset_key(keys::META_SOURCE_START_PREFIX, table_id, *p), o.to_be_bytes().to_vec());
+                txn.put(keys::source_offset_key(keys::META_SOURCE_OFFSET_PREFIX, table_id, *p), o.to_be_bytes().to_vec());
+            }
+            Ok(0)
+        })
+        .await?;
+    Ok(())
+}
+
 impl IngestHandle {
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
@@ -58,14 +86,25 @@ pub struct Ingest {
     pub row_key: Arc<dyn Fn(&Table, &RecordBatch, usize) -> Result<Vec<u8>, StateError> + Send + Sync>,
 }
 
-pub fn spawn(ingest: Ingest) -> IngestHandle {
+/// Starts `workers` threads; worker `i` reads the partitions `p` with
+/// `p % workers == i` (each writes its own partitions' offsets, so they
+/// need no coordination).
+pub fn spawn(ingest: Ingest, workers: usize) -> IngestHandle {
     let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let name = format!("eddy-ingest-{}", ingest.table.name());
+    let ingest = Arc::new(ingest);
+    let workers = workers.max(1);
+    for worker in 0..workers {
+        spawn_worker(ingest.clone(), stop.clone(), worker, workers);
+    }
+    IngestHandle { stop }
+}
+
+fn spawn_worker(ingest: Arc<Ingest>, flag: Arc<AtomicBool>, worker: usize, workers: usize) {
+    let name = format!("eddy-ingest-{}-{worker}", ingest.table.name());
     let spawned = std::thread::Builder::new().name(name).spawn(move || {
         let mut backoff = Duration::from_millis(500);
         while !flag.load(Ordering::SeqCst) {
-            match run(&ingest, &flag) {
+            match run(&ingest, &flag, worker, workers) {
                 Ok(()) => break,
                 Err(e) => {
                     let message = e.to_string();
@@ -80,7 +119,6 @@ pub fn spawn(ingest: Ingest) -> IngestHandle {
     if let Err(e) = spawned {
         tracing::error!("could not start an ingest thread: {e}");
     }
-    IngestHandle { stop }
 }
 
 fn lock(stats: &Mutex<SourceStats>) -> std::sync::MutexGuard<'_, SourceStats> {
@@ -103,7 +141,7 @@ fn db_scan(db: &DB, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
 }
 
 /// Runs until stopped; `Err` when the consumer must be rebuilt.
-fn run(ingest: &Ingest, stop: &AtomicBool) -> ConnectorResult<()> {
+fn run(ingest: &Ingest, stop: &AtomicBool, worker: usize, workers: usize) -> ConnectorResult<()> {
     let table = &ingest.table;
     let (decoder, opts, header_names) = decoder_for(table)?;
     let group = opts.properties.get("group.id").cloned().unwrap_or_else(|| format!("eddy-{}", table.name()));
@@ -112,7 +150,8 @@ fn run(ingest: &Ingest, stop: &AtomicBool) -> ConnectorResult<()> {
         Some(_) => Some(opts.client_config().create()?),
         None => None,
     };
-    // Offsets: the stored ones; partitions new to us start per startup mode.
+    // Offsets: the stored ones (see record_start); new partitions start
+    // at their beginning.
     let mut offsets: BTreeMap<i32, i64> =
         stored_offsets(|p| db_scan(&ingest.db, p), keys::META_SOURCE_OFFSET_PREFIX, table.id());
     let mut next_metadata = Instant::now();
@@ -123,7 +162,7 @@ fn run(ingest: &Ingest, stop: &AtomicBool) -> ConnectorResult<()> {
         }
         if Instant::now() >= next_metadata {
             next_metadata = Instant::now() + METADATA_INTERVAL;
-            refresh(ingest, &client, &opts.topic, opts.startup, &mut offsets, &mut assigned)?;
+            refresh(ingest, &client, &opts.topic, (worker, workers), &mut offsets, &mut assigned)?;
         }
         // Fill a chunk.
         let mut held = Vec::new();
@@ -242,13 +281,13 @@ fn refresh(
     ingest: &Ingest,
     client: &BaseConsumer,
     topic: &str,
-    startup: Startup,
+    (worker, workers): (usize, usize),
     offsets: &mut BTreeMap<i32, i64>,
     assigned: &mut BTreeMap<i32, i64>,
 ) -> ConnectorResult<()> {
     let opts_topic = topic.to_string();
     let parts = match partitions_of(client, &opts_topic) {
-        Ok(p) => p,
+        Ok(p) => p.into_iter().filter(|p| (*p as usize) % workers == worker).collect::<Vec<_>>(),
         Err(e) => {
             lock(&ingest.stats).last_error = Some(e.to_string());
             return Ok(());
@@ -257,10 +296,7 @@ fn refresh(
     let mut new_starts = BTreeMap::new();
     for p in &parts {
         if !offsets.contains_key(p) {
-            // Partitions present at the first start follow the startup
-            // mode; ones added later are read from their beginning.
-            let mode = if offsets.is_empty() { startup } else { Startup::Earliest };
-            let o = start_offset(client, topic, *p, mode)?;
+            let o = start_offset(client, topic, *p, Startup::Earliest)?;
             new_starts.insert(*p, o);
         }
     }
