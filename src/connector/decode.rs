@@ -377,3 +377,90 @@ fn metadata_column(kind: &IncludeKind, field: &Field, header_slot: usize, messag
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use datafusion::arrow::datatypes::DataType;
+
+    use super::*;
+    use crate::connector::spec::Include;
+
+    fn decoder(format: Format, encode: Encode, includes: Vec<Include>) -> Decoder {
+        let mut fields = vec![Field::new("id", DataType::Int64, false), Field::new("name", DataType::Utf8, true)];
+        for i in &includes {
+            fields.push(Field::new(&i.column, DataType::Int64, true));
+        }
+        let def = ConnectorDef {
+            options: BTreeMap::new(),
+            format,
+            encode,
+            encode_options: BTreeMap::from([("delimiter".to_string(), "|".to_string())]),
+            includes,
+        };
+        Decoder::new(Arc::new(Schema::new(fields)), vec![0], &def).unwrap()
+    }
+
+    fn msg<'a>(offset: i64, key: Option<&'a str>, payload: Option<&'a str>) -> MessageRef<'a> {
+        MessageRef {
+            key: key.map(str::as_bytes),
+            payload: payload.map(str::as_bytes),
+            partition: 0,
+            offset,
+            timestamp_ms: None,
+            headers: vec![None],
+        }
+    }
+
+    fn ids(d: &Decoded) -> Vec<i64> {
+        let a = d.batch.column(0).as_any().downcast_ref::<datafusion::arrow::array::Int64Array>().unwrap();
+        a.values().to_vec()
+    }
+
+    #[test]
+    fn a_bad_json_message_is_rejected_alone() {
+        let include = Include { kind: IncludeKind::Offset, column: "off".into(), varchar: false };
+        let d = decoder(Format::Plain, Encode::Json, vec![include]);
+        let out = d.decode(&[
+            msg(0, None, Some(r#"{"id": 1, "name": "a"}"#)),
+            msg(1, None, Some("{oops")),
+            msg(2, None, Some(r#"{"id": "x"}"#)),
+            msg(3, None, Some(r#"{"name": "no id"}"#)),
+            msg(4, None, Some(r#"{"id": 5} {"id": 6}"#)),
+            msg(5, None, Some(r#"{"id": 7, "more": [1]}"#)),
+        ]);
+        assert_eq!(ids(&out), vec![1, 7]);
+        assert_eq!(out.message, vec![0, 5]);
+        let offs = out.batch.column(2).as_any().downcast_ref::<datafusion::arrow::array::Int64Array>().unwrap();
+        assert_eq!(offs.values().to_vec(), vec![0, 5]);
+        let rejected: Vec<i64> = out.rejected.iter().map(|r| r.offset).collect();
+        assert_eq!(rejected, vec![1, 2, 3, 4]);
+        assert!(out.rejected[2].error.contains("\"id\""), "{:?}", out.rejected[2]);
+    }
+
+    #[test]
+    fn csv_lines() {
+        let d = decoder(Format::Plain, Encode::Csv, vec![]);
+        let out = d.decode(&[msg(0, None, Some("1|a")), msg(1, None, Some("x|b")), msg(2, None, Some("3|c\n"))]);
+        assert_eq!(ids(&out), vec![1, 3]);
+        assert_eq!(out.rejected.len(), 1);
+    }
+
+    #[test]
+    fn upsert_and_debezium_ops() {
+        let d = decoder(Format::Upsert, Encode::Json, vec![]);
+        let out = d.decode(&[msg(0, Some("4"), Some(r#"{"id": 4, "name": "d"}"#)), msg(1, Some("4"), None), msg(2, Some(r#"{"id": 9}"#), None)]);
+        assert_eq!(ids(&out), vec![4, 4, 9]);
+        assert_eq!(out.ops, vec![RowOp::Upsert, RowOp::Delete, RowOp::Delete]);
+        let d = decoder(Format::Debezium, Encode::Json, vec![]);
+        let out = d.decode(&[
+            msg(0, None, Some(r#"{"before": {"id": 1}, "after": {"id": 2, "name": "b"}, "op": "u"}"#)),
+            msg(1, None, None),
+            msg(2, None, Some(r#"{"payload": {"before": {"id": 2}, "after": null, "op": "d"}}"#)),
+        ]);
+        assert_eq!(ids(&out), vec![1, 2, 2]);
+        assert_eq!(out.ops, vec![RowOp::Delete, RowOp::Upsert, RowOp::Delete]);
+        assert!(out.rejected.is_empty());
+    }
+}
