@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod config;
 pub mod connector;
 pub mod engine;
+pub mod failpoint;
 pub mod plan;
 pub mod server;
 pub mod state;

@@ -43,6 +43,9 @@ pub struct SinkStats {
     /// The last epoch whose output reached Kafka.
     pub published_epoch: u64,
     pub last_error: Option<String>,
+    /// Every checkpoint up to this epoch is published (the outbox was
+    /// empty after it).
+    pub caught_up_epoch: u64,
 }
 
 /// Every connector's counters, by name.

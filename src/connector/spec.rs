@@ -85,6 +85,15 @@ pub enum Startup {
     Timestamp(i64),
 }
 
+/// How a sink's records reach Kafka.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// One Kafka transaction per checkpoint epoch (the default).
+    ExactlyOnce,
+    /// The idempotent producer; an epoch may be sent again after a crash.
+    AtLeastOnce,
+}
+
 /// The validated Kafka settings of a source, table or sink.
 #[derive(Debug, Clone)]
 pub struct KafkaOptions {
@@ -97,11 +106,15 @@ pub struct KafkaOptions {
     /// Sinks: the key columns (UPSERT, DEBEZIUM).
     pub primary_key: Vec<String>,
     pub force_append_only: bool,
+    /// Sinks: `sink.delivery` (exactly_once unless set).
+    pub delivery: Delivery,
+    /// Sinks: whether `sink.delivery` was given.
+    pub delivery_given: bool,
 }
 
 const SOURCE_OPTIONS: &[&str] =
     &["connector", "topic", "scan.startup.mode", "scan.startup.timestamp.millis", "scan.startup.timestamp_millis", "dead_letter_topic"];
-const SINK_OPTIONS: &[&str] = &["connector", "topic", "primary_key", "force_append_only"];
+const SINK_OPTIONS: &[&str] = &["connector", "topic", "primary_key", "force_append_only", "sink.delivery"];
 
 impl KafkaOptions {
     pub fn for_source(options: &BTreeMap<String, String>) -> ConnectorResult<Self> {
@@ -174,6 +187,15 @@ impl KafkaOptions {
             Some("true") => true,
             Some(other) => return Err(ConnectorError::Option(format!("force_append_only must be 'true' or 'false', not '{other}'"))),
         };
+        let delivery = match options.get("sink.delivery").map(|v| v.to_ascii_lowercase()).as_deref() {
+            None | Some("exactly_once") => Delivery::ExactlyOnce,
+            Some("at_least_once") => Delivery::AtLeastOnce,
+            Some(other) => {
+                return Err(ConnectorError::Option(format!(
+                    "sink.delivery must be 'exactly_once' or 'at_least_once', not '{other}'"
+                )));
+            }
+        };
         Ok(Self {
             topic,
             properties,
@@ -181,6 +203,8 @@ impl KafkaOptions {
             dead_letter_topic: options.get("dead_letter_topic").cloned(),
             primary_key,
             force_append_only,
+            delivery,
+            delivery_given: options.contains_key("sink.delivery"),
         })
     }
 

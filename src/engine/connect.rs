@@ -261,6 +261,29 @@ async fn create_sink(engine: &Engine, if_not_exists: bool, name: String, query: 
         }
     }
     kafka::check_topic(&opts).await?;
+    let mut sink = sink;
+    let mut opts = opts;
+    if opts.delivery == crate::connector::spec::Delivery::ExactlyOnce {
+        check_transaction_timeout(engine, &opts)?;
+        let probe = opts.clone();
+        let supported = tokio::task::spawn_blocking(move || sink::supports_transactions(&probe))
+            .await
+            .map_err(|e| EngineError::user("XX000", e.to_string()))?;
+        match supported {
+            Ok(()) => sink::ensure_progress_topic(&opts).await?,
+            Err(e) if opts.delivery_given => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!("sink {name}: {e}; delivering at least once");
+                opts.delivery = crate::connector::spec::Delivery::AtLeastOnce;
+            }
+        }
+    }
+    // Stored resolved, so a restart delivers the same way.
+    let delivery = match opts.delivery {
+        crate::connector::spec::Delivery::ExactlyOnce => "exactly_once",
+        crate::connector::spec::Delivery::AtLeastOnce => "at_least_once",
+    };
+    sink.options.insert("sink.delivery".into(), delivery.into());
     let def = MvDef {
         id: engine.catalog.allocate_id(),
         name: name.clone(),
@@ -276,11 +299,34 @@ async fn create_sink(engine: &Engine, if_not_exists: bool, name: String, query: 
     Ok(Output::Command { tag, rows: None })
 }
 
+/// A transaction must outlive a checkpoint interval plus a restart, or the
+/// broker aborts it while eddy is still working on it.
+fn check_transaction_timeout(engine: &Engine, opts: &KafkaOptions) -> EngineResult<()> {
+    let timeout = match opts.properties.get("transaction.timeout.ms") {
+        Some(t) => t
+            .parse::<u64>()
+            .map_err(|_| EngineError::user("22023", format!("properties.transaction.timeout.ms must be milliseconds, not '{t}'")))?,
+        None => sink::DEFAULT_TRANSACTION_TIMEOUT_MS,
+    };
+    let needed = engine.checkpoint_interval_ms + 10_000;
+    if timeout < needed {
+        return Err(EngineError::user(
+            "22023",
+            format!(
+                "properties.transaction.timeout.ms = {timeout} is shorter than the checkpoint interval ({} ms) plus 10 s for a restart; set it to at least {needed}",
+                engine.checkpoint_interval_ms
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn start_publisher(engine: &Engine, def: &MvDef, opts: KafkaOptions) -> EngineResult<()> {
     let stats = engine.connectors.metrics.sink(&def.name, &opts.topic);
     let handle = sink::spawn(sink::Publisher {
         sink_id: def.id,
         name: def.name.clone(),
+        transactional_id: format!("eddy-{}-sink-{}", install_id(engine)?, def.id),
         opts,
         db: engine.store.db().clone(),
         writer: engine.store.writer().clone(),
@@ -289,6 +335,24 @@ fn start_publisher(engine: &Engine, def: &MvDef, opts: KafkaOptions) -> EngineRe
     })?;
     engine.connectors.add_sink(def.id, handle);
     Ok(())
+}
+
+/// This data directory's id (made at first use): part of every sink's
+/// transactional id, so two eddy installations sharing a broker never
+/// fence each other, while a copy of one data directory does.
+fn install_id(engine: &Engine) -> EngineResult<String> {
+    const KEY: &[u8] = b"m/install_id";
+    let db = engine.store.db();
+    if let Some(v) = db.get(KEY).map_err(crate::state::StateError::from)? {
+        return Ok(String::from_utf8_lossy(&v).into_owned());
+    }
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.write_u32(std::process::id());
+    let id = format!("{:016x}", h.finish());
+    db.put(KEY, id.as_bytes()).map_err(crate::state::StateError::from)?;
+    Ok(id)
 }
 
 /// Rebuilds a sink's graph at start-up and starts its publisher.

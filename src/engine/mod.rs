@@ -94,6 +94,9 @@ pub struct Engine {
     pub ddl_lock: tokio::sync::Mutex<()>,
     /// Running Kafka ingest threads and sink publishers, and their counters.
     pub connectors: Arc<crate::connector::kafka::Connectors>,
+    /// How often views and sinks checkpoint (sinks check their Kafka
+    /// transaction timeout against it).
+    pub checkpoint_interval_ms: u64,
     parser: datafusion_pg_catalog::sql::PostgresCompatibilityParser,
 }
 
@@ -111,6 +114,7 @@ impl Engine {
 
     fn new(store: Arc<Store>, stream_config: StreamConfig) -> EngineResult<Self> {
         let catalog = Arc::new(Catalog::load(store.clone())?);
+        let checkpoint_interval_ms = stream_config.checkpoint_interval_ms;
         let stream = Arc::new(StreamRuntime::new(&store, catalog.clone(), stream_config)?);
         let config = SessionConfig::new()
             .with_default_catalog_and_schema(DATABASE, provider::PUBLIC_SCHEMA)
@@ -139,6 +143,7 @@ impl Engine {
             stream,
             ddl_lock: tokio::sync::Mutex::new(()),
             connectors,
+            checkpoint_interval_ms,
             parser: datafusion_pg_catalog::sql::PostgresCompatibilityParser::new(),
         })
     }

@@ -118,11 +118,15 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     }
     tracing::info!("shutting down");
     drop(listener);
-    // Ingest stops first: the last checkpoint then covers all it wrote.
-    engine.connectors.stop_all();
+    // Ingest stops first: the last checkpoint then covers all it wrote;
+    // then the sinks publish up to that checkpoint.
+    engine.connectors.stop_ingest_all();
     if let Err(e) = engine.stream.shutdown().await {
         tracing::warn!("final checkpoint failed: {e}");
     }
+    let last = *engine.stream.committed_epoch().borrow();
+    engine.connectors.drain_sinks(last, std::time::Duration::from_secs(30)).await;
+    engine.connectors.stop_all();
     drop(handlers);
     drop(engine);
     Ok(())

@@ -426,6 +426,7 @@ impl Coordinator {
         }
         let seq = self.read_seq;
         let record = Checkpoint { epoch, seq }.encode();
+        let had_writes = !writes.is_empty();
         let writes = Arc::new(writes);
         let mut attempt = 0;
         loop {
@@ -473,6 +474,9 @@ impl Coordinator {
         self.epoch_changes = 0;
         release_free_memory();
         self.budget.committed_epoch.store(epoch, std::sync::atomic::Ordering::SeqCst);
+        if had_writes {
+            crate::failpoint::hit("after_checkpoint");
+        }
         self.epoch_tx.send_replace(epoch);
         let (done, waiting): (Vec<_>, Vec<_>) = self.waiters.drain(..).partition(|(s, _)| *s <= seq);
         self.waiters = waiting;

@@ -67,6 +67,32 @@ impl Connectors {
         self.metrics.remove(name);
     }
 
+    /// Stops every ingest thread (first step of a shutdown).
+    pub fn stop_ingest_all(&self) {
+        for (_, h) in self.ingest.lock().unwrap_or_else(|p| p.into_inner()).drain() {
+            h.stop();
+        }
+    }
+
+    /// Waits until every sink has published everything up to `epoch` (the
+    /// final checkpoint of a shutdown), at most `timeout` in all.
+    pub async fn drain_sinks(&self, epoch: u64, timeout: std::time::Duration) {
+        let handles: Vec<u64> = self.sinks.lock().unwrap_or_else(|p| p.into_inner()).keys().copied().collect();
+        let deadline = tokio::time::Instant::now() + timeout;
+        for id in handles {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let drained = {
+                let sinks = self.sinks.lock().unwrap_or_else(|p| p.into_inner());
+                sinks.get(&id).map(|h| h.drain_future(epoch, left))
+            };
+            if let Some(f) = drained {
+                if !f.await {
+                    tracing::warn!("sink {id} did not publish its last epoch before shutdown; it will after the restart");
+                }
+            }
+        }
+    }
+
     /// Stops every connector (server shutdown).
     pub fn stop_all(&self) {
         for (_, h) in self.ingest.lock().unwrap_or_else(|p| p.into_inner()).drain() {

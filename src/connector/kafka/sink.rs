@@ -1,32 +1,53 @@
 //! The publisher of a Kafka sink: after each durable checkpoint it sends
 //! the sink's outbox (the records of every checkpointed epoch, written by
-//! [`crate::stream::ops::sink`]) to the topic in epoch order, waits for
-//! every delivery, and then deletes what it sent. A broker that is away is
-//! retried with backoff (the error shows in `eddy_catalog.kafka_sinks`);
-//! the outbox waits on disk meanwhile, so nothing is lost. Delivery is at
-//! least once: a crash after a send and before the delete sends that
-//! epoch again. Records carry the headers `eddy.sink`, `eddy.epoch` and
-//! `eddy.seq` so a consumer can drop repeats.
+//! [`crate::stream::ops::sink`]) to the topic in epoch order, then deletes
+//! what it sent. A broker that is away is retried with backoff (the error
+//! shows in `eddy_catalog.kafka_sinks`); the outbox waits on disk
+//! meanwhile, so nothing is lost.
+//!
+//! **exactly_once** (`docs/exactly-once.md`): one Kafka transaction per
+//! epoch holds the epoch's records and a progress record
+//! `(transactional id → epoch)` in the compacted topic
+//! [`PROGRESS_TOPIC`]. The transactional id is stable per sink (and per
+//! data directory), so a restarted or duplicate eddy fences the old one.
+//! At start the publisher reads its last committed epoch (read_committed)
+//! and drops outbox epochs at or below it without sending them again.
+//!
+//! **at_least_once**: the idempotent producer; a crash after a send and
+//! before the outbox delete sends that epoch again. Both modes stamp each
+//! record with headers `eddy.sink`, `eddy.epoch`, `eddy.seq`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
 use rocksdb::DB;
 use tokio::sync::watch;
 
-use crate::connector::metrics::SinkStats;
 use crate::connector::kafka::set_default;
-use crate::connector::spec::KafkaOptions;
+use crate::connector::metrics::SinkStats;
+use crate::connector::spec::{Delivery, KafkaOptions};
 use crate::connector::{ConnectorError, ConnectorResult};
+use crate::failpoint;
 use crate::state::{WriterHandle, keys};
 use crate::stream::ops::sink::{decode_outbox, outbox_epoch};
+
+/// The compacted topic of exactly-once progress records.
+pub const PROGRESS_TOPIC: &str = "eddy_sink_progress";
+/// Bounds one transaction's blocking calls.
+const TXN_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct PublisherHandle {
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
+    stats: Arc<Mutex<SinkStats>>,
 }
 
 impl PublisherHandle {
@@ -34,53 +55,117 @@ impl PublisherHandle {
         self.stop.store(true, Ordering::SeqCst);
         self.task.abort();
     }
+
+    /// Resolves (true) once everything up to `epoch` is published, or
+    /// false after `timeout`.
+    pub fn drain_future(&self, epoch: u64, timeout: Duration) -> impl std::future::Future<Output = bool> + Send + 'static {
+        let stats = self.stats.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + timeout;
+            loop {
+                let caught_up = stats.lock().unwrap_or_else(|e| e.into_inner()).caught_up_epoch;
+                if caught_up >= epoch {
+                    return true;
+                }
+                if tokio::time::Instant::now() > deadline {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
 }
 
 pub struct Publisher {
     pub sink_id: u64,
     pub name: String,
     pub opts: KafkaOptions,
+    /// `eddy-<install id>-sink-<sink id>`: stable across restarts.
+    pub transactional_id: String,
     pub db: Arc<DB>,
     pub writer: WriterHandle,
     pub epochs: watch::Receiver<u64>,
     pub stats: Arc<Mutex<SinkStats>>,
 }
 
-pub fn spawn(p: Publisher) -> ConnectorResult<PublisherHandle> {
+fn producer_config(p: &Publisher) -> ClientConfig {
     let mut config = p.opts.client_config();
     set_default(&mut config, "enable.idempotence", "true");
     set_default(&mut config, "linger.ms", "5");
     set_default(&mut config, "compression.type", "lz4");
-    set_default(&mut config, "message.timeout.ms", "30000");
-    let producer: FutureProducer = config.create()?;
+    if p.opts.delivery == Delivery::ExactlyOnce {
+        config.set("transactional.id", &p.transactional_id);
+        set_default(&mut config, "transaction.timeout.ms", &DEFAULT_TRANSACTION_TIMEOUT_MS.to_string());
+    } else {
+        set_default(&mut config, "message.timeout.ms", "30000");
+    }
+    config
+}
+
+/// eddy's `transaction.timeout.ms` unless the sink sets one.
+pub const DEFAULT_TRANSACTION_TIMEOUT_MS: u64 = 60_000;
+
+pub fn spawn(p: Publisher) -> ConnectorResult<PublisherHandle> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
-    let task = tokio::spawn(run(p, producer, flag));
-    Ok(PublisherHandle { stop, task })
+    let stats = p.stats.clone();
+    let task = tokio::spawn(run(p, flag));
+    Ok(PublisherHandle { stop, task, stats })
 }
 
 fn stats(p: &Publisher) -> std::sync::MutexGuard<'_, SinkStats> {
     p.stats.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-async fn run(mut p: Publisher, producer: FutureProducer, stop: Arc<AtomicBool>) {
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ConnectorResult<T> + Send + 'static) -> ConnectorResult<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ConnectorError::Option(e.to_string()))?
+}
+
+async fn run(mut p: Publisher, stop: Arc<AtomicBool>) {
     let mut backoff = Duration::from_millis(500);
+    let mut producer: Option<FutureProducer> = None;
+    let mut published: Option<u64> = None;
     loop {
         if stop.load(Ordering::SeqCst) {
             return;
         }
-        match publish_pending(&p, &producer).await {
+        let seen = *p.epochs.borrow_and_update();
+        let result = async {
+            if producer.is_none() {
+                let (prod, last) = connect(&p).await?;
+                producer = Some(prod);
+                published = last;
+            }
+            let prod = producer.as_ref().ok_or_else(|| ConnectorError::Option("no producer".into()))?;
+            publish_pending(&p, prod, &mut published).await
+        }
+        .await;
+        match result {
             Ok(()) => {
                 backoff = Duration::from_millis(500);
-                stats(&p).last_error = None;
+                {
+                    let mut s = stats(&p);
+                    s.last_error = None;
+                    s.caught_up_epoch = s.caught_up_epoch.max(seen);
+                }
                 if p.epochs.changed().await.is_err() {
                     return;
                 }
             }
             Err(e) => {
                 let message = e.to_string();
+                let fenced = message.contains("fenced") || message.contains("Fenced");
                 tracing::warn!(sink = p.name, "publishing failed: {message}; retrying in {backoff:?}");
-                stats(&p).last_error = Some(message);
+                stats(&p).last_error = Some(if fenced {
+                    format!("{message} (another eddy with this sink's transactional id took over)")
+                } else {
+                    message
+                });
+                // A transactional producer in an unknown state is rebuilt
+                // (fencing aborts whatever it had open).
+                if p.opts.delivery == Delivery::ExactlyOnce {
+                    producer = None;
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
@@ -88,83 +173,158 @@ async fn run(mut p: Publisher, producer: FutureProducer, stop: Arc<AtomicBool>) 
     }
 }
 
-/// Sends every outbox chunk on disk (all of them belong to durable
-/// checkpoints), epoch by epoch.
-async fn publish_pending(p: &Publisher, producer: &FutureProducer) -> ConnectorResult<()> {
-    let prefix = keys::op_state_prefix(p.sink_id, keys::SINK_OUTBOX_NODE);
+/// A producer, and for exactly_once the last epoch committed by any
+/// earlier instance of this sink (its transactions fenced first).
+async fn connect(p: &Publisher) -> ConnectorResult<(FutureProducer, Option<u64>)> {
+    let producer: FutureProducer = producer_config(p).create()?;
+    if p.opts.delivery != Delivery::ExactlyOnce {
+        return Ok((producer, None));
+    }
+    ensure_progress_topic(&p.opts).await?;
+    let prod = producer.clone();
+    blocking(move || Ok(prod.init_transactions(TXN_TIMEOUT)?)).await?;
+    failpoint::hit("during_recovery");
+    let opts = p.opts.clone();
+    let id = p.transactional_id.clone();
+    let last = blocking(move || last_committed_epoch(&opts, &id)).await?;
+    Ok((producer, last))
+}
+
+/// Creates the compacted progress topic if it is missing.
+pub async fn ensure_progress_topic(opts: &KafkaOptions) -> ConnectorResult<()> {
+    let admin: AdminClient<DefaultClientContext> = opts.client_config().create()?;
+    let topic = NewTopic::new(PROGRESS_TOPIC, 1, TopicReplication::Fixed(-1)).set("cleanup.policy", "compact");
+    let results = admin.create_topics([&topic], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)))).await?;
+    for r in results {
+        match r {
+            Ok(_) => {}
+            Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, e)) => return Err(ConnectorError::Unreachable(format!("could not create topic {t}: {e}"))),
+        }
+    }
+    Ok(())
+}
+
+/// The highest epoch in a committed progress record of `id`. Blocking.
+fn last_committed_epoch(opts: &KafkaOptions, id: &str) -> ConnectorResult<Option<u64>> {
+    let mut config = opts.client_config();
+    config.set("group.id", "eddy-progress-reader");
+    config.set("enable.auto.commit", "false");
+    config.set("isolation.level", "read_committed");
+    let c: BaseConsumer = config.create()?;
+    let (_, high) = c.fetch_watermarks(PROGRESS_TOPIC, 0, TXN_TIMEOUT)?;
+    if high == 0 {
+        return Ok(None);
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(PROGRESS_TOPIC, 0, Offset::Beginning)?;
+    c.assign(&tpl)?;
+    let mut last = None;
+    let deadline = std::time::Instant::now() + TXN_TIMEOUT;
     loop {
-        // One epoch at a time, so memory holds one epoch's records.
-        let db = p.db.clone();
-        let prefix_c = prefix.clone();
-        let sink_id = p.sink_id;
-        let chunks = tokio::task::spawn_blocking(move || -> ConnectorResult<Vec<(Vec<u8>, Vec<u8>)>> {
-            let mut it = db.raw_iterator();
-            it.seek(&prefix_c);
-            let mut out = Vec::new();
-            let mut epoch = None;
-            while it.valid() {
-                let (Some(k), Some(v)) = (it.key(), it.value()) else { break };
-                if !k.starts_with(&prefix_c) {
-                    break;
-                }
-                let e = outbox_epoch(sink_id, k);
-                if epoch.is_some() && e != epoch {
-                    break;
-                }
-                epoch = e;
-                out.push((k.to_vec(), v.to_vec()));
-                it.next();
-            }
-            it.status().map_err(crate::state::StateError::from)?;
-            Ok(out)
-        })
-        .await
-        .map_err(|e| ConnectorError::Option(e.to_string()))??;
-        let Some(epoch) = chunks.first().and_then(|(k, _)| outbox_epoch(p.sink_id, k)) else { return Ok(()) };
-        let mut deliveries = Vec::new();
-        let sink_id = p.sink_id.to_string();
-        let epoch_text = epoch.to_string();
-        let mut seq = 0u64;
-        for (_, value) in &chunks {
-            let records = decode_outbox(value).map_err(|e| ConnectorError::Option(e.to_string()))?;
-            for r in records {
-                let seq_text = seq.to_string();
-                seq += 1;
-                let headers = OwnedHeaders::new()
-                    .insert(Header { key: "eddy.sink", value: Some(sink_id.as_bytes()) })
-                    .insert(Header { key: "eddy.epoch", value: Some(epoch_text.as_bytes()) })
-                    .insert(Header { key: "eddy.seq", value: Some(seq_text.as_bytes()) });
-                let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&p.opts.topic).headers(headers);
-                if let Some(k) = &r.key {
-                    rec = rec.key(k.as_slice());
-                }
-                if let Some(v) = &r.value {
-                    rec = rec.payload(v.as_slice());
-                }
-                let mut rec = rec;
-                loop {
-                    match producer.send_result(rec) {
-                        Ok(f) => {
-                            deliveries.push(f);
-                            break;
-                        }
-                        Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
-                            rec = back;
-                            tokio::time::sleep(Duration::from_millis(5)).await;
-                        }
-                        Err((e, _)) => return Err(e.into()),
+        // read_committed stops at the last stable offset; the control
+        // record of the last transaction is never delivered.
+        let pos = c.position()?.find_partition(PROGRESS_TOPIC, 0).map(|e| e.offset());
+        if matches!(pos, Some(Offset::Offset(o)) if o >= high) {
+            break;
+        }
+        match c.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                if m.key() == Some(id.as_bytes()) {
+                    let epoch = m.payload().and_then(|v| std::str::from_utf8(v).ok()).and_then(|v| v.parse::<u64>().ok());
+                    if let Some(e) = epoch {
+                        last = Some(last.map_or(e, |l: u64| l.max(e)));
                     }
                 }
             }
-        }
-        for d in deliveries {
-            match d.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(e.into()),
-                Err(_) => return Err(ConnectorError::Option("a Kafka delivery was canceled".into())),
+            Some(Err(e)) => return Err(e.into()),
+            None => {
+                if std::time::Instant::now() > deadline {
+                    return Err(ConnectorError::Unreachable(format!("reading {PROGRESS_TOPIC} timed out")));
+                }
+                // An open transaction of someone else holds the LSO below
+                // the high watermark: what is readable has been read.
+                let pos = c.position()?.find_partition(PROGRESS_TOPIC, 0).map(|e| e.offset());
+                let (_, now_high) = c.fetch_watermarks(PROGRESS_TOPIC, 0, TXN_TIMEOUT)?;
+                if matches!(pos, Some(Offset::Offset(o)) if o >= now_high) {
+                    break;
+                }
             }
         }
-        let _ = producer.flush(Duration::from_secs(1));
+    }
+    Ok(last)
+}
+
+/// The outbox chunks of the oldest epoch on disk (every epoch there is
+/// covered by a durable checkpoint).
+async fn oldest_epoch(p: &Publisher) -> ConnectorResult<Vec<(Vec<u8>, Vec<u8>)>> {
+    let db = p.db.clone();
+    let sink_id = p.sink_id;
+    blocking(move || {
+        let prefix = keys::op_state_prefix(sink_id, keys::SINK_OUTBOX_NODE);
+        let mut it = db.raw_iterator();
+        it.seek(&prefix);
+        let mut out = Vec::new();
+        let mut epoch = None;
+        while it.valid() {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else { break };
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let e = outbox_epoch(sink_id, k);
+            if epoch.is_some() && e != epoch {
+                break;
+            }
+            epoch = e;
+            out.push((k.to_vec(), v.to_vec()));
+            it.next();
+        }
+        it.status().map_err(crate::state::StateError::from)?;
+        Ok(out)
+    })
+    .await
+}
+
+/// Publishes every epoch in the outbox, oldest first.
+async fn publish_pending(p: &Publisher, producer: &FutureProducer, published: &mut Option<u64>) -> ConnectorResult<()> {
+    loop {
+        let chunks = oldest_epoch(p).await?;
+        let Some(epoch) = chunks.first().and_then(|(k, _)| outbox_epoch(p.sink_id, k)) else { return Ok(()) };
+        let exactly_once = p.opts.delivery == Delivery::ExactlyOnce;
+        let already = exactly_once && published.is_some_and(|last| epoch <= last);
+        let mut sent = 0u64;
+        if !already {
+            if exactly_once {
+                producer.begin_transaction()?;
+            }
+            match send_epoch(p, producer, epoch, &chunks).await {
+                Ok(n) => sent = n,
+                Err(e) => {
+                    if exactly_once {
+                        let prod = producer.clone();
+                        let _ = blocking(move || Ok(prod.abort_transaction(TXN_TIMEOUT)?)).await;
+                    }
+                    return Err(e);
+                }
+            }
+            if exactly_once {
+                let progress = epoch.to_string();
+                let rec: FutureRecord<'_, str, str> =
+                    FutureRecord::to(PROGRESS_TOPIC).key(p.transactional_id.as_str()).payload(progress.as_str());
+                if let Err((e, _)) = producer.send(rec, TXN_TIMEOUT).await {
+                    let prod = producer.clone();
+                    let _ = blocking(move || Ok(prod.abort_transaction(TXN_TIMEOUT)?)).await;
+                    return Err(e.into());
+                }
+                failpoint::hit("before_kafka_commit");
+                let prod = producer.clone();
+                blocking(move || Ok(prod.commit_transaction(TXN_TIMEOUT)?)).await?;
+                failpoint::hit("after_kafka_commit");
+                *published = Some(epoch);
+            } else {
+                let _ = producer.flush(Duration::from_secs(1));
+            }
+        }
         let keys_done: Vec<Vec<u8>> = chunks.into_iter().map(|(k, _)| k).collect();
         p.writer
             .write(false, move |txn| {
@@ -175,7 +335,68 @@ async fn publish_pending(p: &Publisher, producer: &FutureProducer) -> ConnectorR
             })
             .await?;
         let mut s = stats(p);
-        s.records += seq;
-        s.published_epoch = epoch;
+        s.records += sent;
+        s.published_epoch = s.published_epoch.max(epoch);
     }
+}
+
+/// Sends one epoch's records and waits for every acknowledgement.
+async fn send_epoch(p: &Publisher, producer: &FutureProducer, epoch: u64, chunks: &[(Vec<u8>, Vec<u8>)]) -> ConnectorResult<u64> {
+    let mut deliveries = Vec::new();
+    let sink_id = p.sink_id.to_string();
+    let epoch_text = epoch.to_string();
+    let mut seq = 0u64;
+    for (_, value) in chunks {
+        let records = decode_outbox(value).map_err(|e| ConnectorError::Option(e.to_string()))?;
+        for r in records {
+            let seq_text = seq.to_string();
+            seq += 1;
+            let headers = OwnedHeaders::new()
+                .insert(Header { key: "eddy.sink", value: Some(sink_id.as_bytes()) })
+                .insert(Header { key: "eddy.epoch", value: Some(epoch_text.as_bytes()) })
+                .insert(Header { key: "eddy.seq", value: Some(seq_text.as_bytes()) });
+            let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&p.opts.topic).headers(headers);
+            if let Some(k) = &r.key {
+                rec = rec.key(k.as_slice());
+            }
+            if let Some(v) = &r.value {
+                rec = rec.payload(v.as_slice());
+            }
+            loop {
+                match producer.send_result(rec) {
+                    Ok(f) => {
+                        deliveries.push(f);
+                        break;
+                    }
+                    Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
+                        rec = back;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err((e, _)) => return Err(e.into()),
+                }
+            }
+        }
+    }
+    for d in deliveries {
+        match d.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => return Err(e.into()),
+            Err(_) => return Err(ConnectorError::Option("a Kafka delivery was canceled".into())),
+        }
+    }
+    Ok(seq)
+}
+
+/// Whether the brokers can run transactions: a probe producer must get
+/// through `init_transactions`. Blocking.
+pub fn supports_transactions(opts: &KafkaOptions) -> ConnectorResult<()> {
+    let mut config = opts.client_config();
+    config.set("transactional.id", format!("eddy-probe-{}", std::process::id()));
+    let producer: FutureProducer = config.create()?;
+    producer.init_transactions(Duration::from_secs(15)).map_err(|e| {
+        ConnectorError::Unsupported(format!(
+            "the Kafka brokers at {} cannot run transactions ({e}); use sink.delivery = 'at_least_once'",
+            opts.bootstrap()
+        ))
+    })
 }

@@ -147,7 +147,11 @@ impl Operator for SinkOp {
                 }
             }
         }
-        Ok((Vec::new(), encode_outbox(self.sink_id, epoch, &records)))
+        let writes = encode_outbox(self.sink_id, epoch, &records);
+        if !writes.is_empty() {
+            crate::failpoint::hit("after_sink_flush");
+        }
+        Ok((Vec::new(), writes))
     }
 }
 
