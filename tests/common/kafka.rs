@@ -98,10 +98,15 @@ pub fn read_all(topic: &str) -> Vec<Record> {
 }
 
 pub fn read_all_on(bootstrap: &str, topic: &str) -> Vec<Record> {
+    read_all_with(bootstrap, topic, "read_committed")
+}
+
+/// `isolation`: `read_committed` or `read_uncommitted`.
+pub fn read_all_with(bootstrap: &str, topic: &str, isolation: &str) -> Vec<Record> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", unique("test-reader"))
-        .set("isolation.level", "read_committed")
+        .set("isolation.level", isolation)
         .set("enable.auto.commit", "false")
         .create()
         .expect("consumer");

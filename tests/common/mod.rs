@@ -90,6 +90,10 @@ impl TestServer {
         connect(&self.conn_str()).await
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// SIGKILL: no shutdown, no flush.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -163,6 +167,31 @@ impl Rng {
     pub fn chance(&mut self, percent: u64) -> bool {
         self.next() % 100 < percent
     }
+}
+
+/// Runs eddy on `dir` until it exits by itself or `timeout` passes (then
+/// SIGKILL); returns whether it exited by itself (a failpoint fired).
+pub fn run_until_exit(dir: &Path, envs: &[(&str, &str)], timeout: Duration) -> bool {
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_eddy"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir)
+        .envs(envs.iter().copied())
+        .env("EDDY_LOG", "error")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn eddy");
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    false
 }
 
 /// Polls `sql` until its sorted rows equal `expected` (30 s), for results

@@ -154,13 +154,16 @@ async fn run(mut p: Publisher, stop: Arc<AtomicBool>) {
             }
             Err(e) => {
                 let message = e.to_string();
-                let fenced = message.contains("fenced") || message.contains("Fenced");
+                if message.to_lowercase().contains("fenced") {
+                    // Another eddy (a copy of this data directory) owns the
+                    // sink now: publishing again would duplicate its output.
+                    let message = format!("{message}: another eddy with this sink's transactional id took over; this one stops publishing");
+                    tracing::error!(sink = p.name, "{message}");
+                    stats(&p).last_error = Some(message);
+                    return;
+                }
                 tracing::warn!(sink = p.name, "publishing failed: {message}; retrying in {backoff:?}");
-                stats(&p).last_error = Some(if fenced {
-                    format!("{message} (another eddy with this sink's transactional id took over)")
-                } else {
-                    message
-                });
+                stats(&p).last_error = Some(message);
                 // A transactional producer in an unknown state is rebuilt
                 // (fencing aborts whatever it had open).
                 if p.opts.delivery == Delivery::ExactlyOnce {
