@@ -234,3 +234,68 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     let status = std::process::Command::new("cp").arg("-a").arg(from).arg(to).status().expect("cp");
     assert!(status.success());
 }
+
+/// With a short transaction timeout, eddy frozen past it (the broker
+/// aborts its open transaction) recovers and the output is still exact;
+/// a timeout that cannot cover a checkpoint plus a restart is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_past_the_transaction_timeout() {
+    let input = unique("tto-in");
+    let out = unique("tto-out");
+    create_topic(&input, 2).await;
+    create_topic(&out, 1).await;
+    let server = TestServer::start_with_env(&[("EDDY_CHECKPOINT_INTERVAL_MS", "200")]);
+    let c = server.connect().await;
+    let w = |t: &str| format!("connector = 'kafka', topic = '{t}', properties.bootstrap.server = '{}'", bootstrap());
+    exec(&c, &format!("CREATE SOURCE ev (id BIGINT) WITH ({}) FORMAT PLAIN ENCODE JSON", w(&input))).await;
+    let refused = c
+        .simple_query(&format!(
+            "CREATE SINK bad AS SELECT id FROM ev WITH ({}, properties.transaction.timeout.ms = '5000') FORMAT PLAIN ENCODE JSON",
+            w(&out)
+        ))
+        .await
+        .expect_err("too short");
+    assert_eq!(refused.code().map(|c| c.code()), Some("22023"));
+    exec(
+        &c,
+        &format!(
+            "CREATE SINK pass AS SELECT id FROM ev WITH ({}, properties.transaction.timeout.ms = '11000') FORMAT PLAIN ENCODE JSON",
+            w(&out)
+        ),
+    )
+    .await;
+    let p = producer();
+    let pid = server.pid().expect("running");
+    let feeder = {
+        let input = input.clone();
+        tokio::spawn(async move {
+            for id in 0..3000 {
+                send(&p, &input, Some(id % 2), None, Some(&format!(r#"{{"id": {id}}}"#)), &[]).await;
+                if id % 100 == 0 {
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    signal(pid, "STOP");
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    signal(pid, "CONT");
+    feeder.await.expect("feeder");
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let t = out.clone();
+        let records = tokio::task::spawn_blocking(move || read_all_with(&bootstrap(), &t, "read_committed")).await.expect("read");
+        let ids: Vec<i64> = records
+            .iter()
+            .map(|r| serde_json::from_str::<serde_json::Value>(r.value.as_deref().unwrap_or("null")).expect("json")["id"].as_i64().unwrap_or(-1))
+            .collect();
+        let distinct: HashSet<i64> = ids.iter().copied().collect();
+        assert_eq!(ids.len(), distinct.len(), "duplicates after the transaction timed out");
+        if distinct.len() == 3000 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "only {} of 3000 ids arrived", distinct.len());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
