@@ -13,8 +13,11 @@
 //! EDDY_BENCH_MESSAGES (default 1,000,000). Prints numbers; asserts
 //! nothing about speed.
 
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
+
+use common::{connect, cpu_seconds, start};
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -24,55 +27,6 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 
 fn bootstrap() -> String {
     std::env::var("EDDY_BENCH_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
-}
-
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-struct Server {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start() -> Server {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port");
-    let dir = tempfile::tempdir().expect("tmp");
-    let child = Command::new(env!("CARGO_BIN_EXE_eddy"))
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(dir.path().join("data"))
-        .env("EDDY_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("spawn eddy");
-    for _ in 0..600 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Server { child, port, _dir: dir };
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("eddy did not start");
-}
-
-async fn connect(port: u16) -> tokio_postgres::Client {
-    let conn = format!("host=127.0.0.1 port={port} user=eddy dbname=eddy");
-    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await.expect("connect");
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    client
 }
 
 async fn create_topic(name: &str, partitions: i32) {
@@ -147,7 +101,7 @@ fn report(name: &str, n: usize, wall: f64, cpu: f64) {
 async fn passthrough(input: &str, n: usize) {
     let output = unique("bench-out");
     create_topic(&output, 4).await;
-    let server = start();
+    let server = start(&[]);
     let c = connect(server.port).await;
     let pid = server.child.id();
     let cpu0 = cpu_seconds(pid);
@@ -177,7 +131,7 @@ async fn passthrough(input: &str, n: usize) {
 }
 
 async fn aggregate(input: &str, n: usize) {
-    let server = start();
+    let server = start(&[]);
     let c = connect(server.port).await;
     let pid = server.child.id();
     let cpu0 = cpu_seconds(pid);

@@ -10,51 +10,15 @@
 //! changed with EDDY_BENCH_ROWS (default 1,000,000). It prints numbers; it
 //! asserts nothing about speed.
 
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::{connect, start};
 use futures::SinkExt;
 
 const CLIENTS: usize = 4;
-
-/// The server process, its port and (kept alive) its data directory.
-struct Server(Child, u16, #[allow(dead_code)] tempfile::TempDir);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start() -> Server {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port");
-    let dir = tempfile::tempdir().expect("tmp");
-    let child = Command::new(env!("CARGO_BIN_EXE_eddy"))
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(dir.path().join("data"))
-        .env("EDDY_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("spawn eddy");
-    for _ in 0..600 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Server(child, port, dir);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("eddy did not start");
-}
-
-async fn connect(port: u16) -> tokio_postgres::Client {
-    let conn = format!("host=127.0.0.1 port={port} user=eddy dbname=eddy");
-    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await.expect("connect");
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    client
-}
 
 fn rate(rows: usize, d: Duration) -> String {
     format!("{:.0} rows/s ({rows} rows in {:.2} s)", rows as f64 / d.as_secs_f64(), d.as_secs_f64())
@@ -64,8 +28,8 @@ fn rate(rows: usize, d: Duration) -> String {
 async fn main() {
     let rows: usize = std::env::var("EDDY_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
     let per_client = rows / CLIENTS;
-    let server = start();
-    let port = server.1;
+    let server = start(&[]);
+    let port = server.port;
     let admin = connect(port).await;
     admin
         .batch_execute(

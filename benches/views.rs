@@ -18,7 +18,8 @@
 //! its state_cache_mb, default 256). It prints numbers and
 //! asserts nothing about speed.
 
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,20 +32,11 @@ use eddy::stream::Changes;
 use eddy::stream::ops::Operator;
 use eddy::stream::ops::aggregate::AggregateOp;
 use eddy::stream::state::{CacheBudget, StateTable};
+use common::{Server, connect, cpu_seconds};
 use futures::SinkExt;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// CPU seconds (user + system) used so far by process `pid`.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 (1-based), i.e. 11 and 12 after the name.
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn rss_mb(pid: u32) -> f64 {
@@ -118,46 +110,8 @@ fn operator() {
     }
 }
 
-struct Server {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start(cache_mb: usize) -> Server {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port");
-    let dir = tempfile::tempdir().expect("tmp");
-    let child = Command::new(env!("CARGO_BIN_EXE_eddy"))
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(dir.path().join("data"))
-        .env("EDDY_LOG", "warn")
-        .env("EDDY_STATE_CACHE_MB", cache_mb.to_string())
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("spawn eddy");
-    for _ in 0..600 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Server { child, port, _dir: dir };
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("eddy did not start");
-}
-
-async fn connect(port: u16) -> tokio_postgres::Client {
-    let conn = format!("host=127.0.0.1 port={port} user=eddy dbname=eddy");
-    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await.expect("connect");
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    client
+    common::start(&[("EDDY_STATE_CACHE_MB", cache_mb.to_string())])
 }
 
 /// COPYs `rows` rows `(id, id % modulo, id)` starting at `first`, in

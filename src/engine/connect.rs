@@ -177,16 +177,7 @@ pub fn start_ingest(engine: &Engine, table: Arc<Table>) {
     let id = table.id();
     // One reader per partition, up to one per core.
     let partitions = kafka::stored_offsets(
-        |p| {
-            engine
-                .store
-                .db()
-                .prefix_iterator(p)
-                .filter_map(Result::ok)
-                .take_while(|(k, _)| k.starts_with(p))
-                .map(|(k, v)| (k.to_vec(), v.to_vec()))
-                .collect()
-        },
+        |p| engine.store.scan_prefix(p).unwrap_or_default(),
         crate::state::keys::META_SOURCE_OFFSET_PREFIX,
         id,
     )

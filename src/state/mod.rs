@@ -122,19 +122,7 @@ impl Store {
 
     /// Reads every value whose key starts with `prefix` (catalog loading).
     pub fn scan_prefix(&self, prefix: &[u8]) -> StateResult<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut out = Vec::new();
-        let mut it = self.db.raw_iterator();
-        it.seek(prefix);
-        while it.valid() {
-            let (Some(k), Some(v)) = (it.key(), it.value()) else { break };
-            if !k.starts_with(prefix) {
-                break;
-            }
-            out.push((k.to_vec(), v.to_vec()));
-            it.next();
-        }
-        it.status()?;
-        Ok(out)
+        scan_prefix(self.db.raw_iterator(), prefix)
     }
 
     /// The last key under `prefix`, if any (used to resume row-id counters).
@@ -182,4 +170,24 @@ fn read_checkpoint(db: &DB) -> StateResult<Checkpoint> {
         }
         Some(_) => Err(StateError::Corrupt("checkpoint record")),
     }
+}
+
+/// Every `(key, value)` under `prefix`, read with `it` (from the database
+/// or a snapshot).
+pub fn scan_prefix<D: rocksdb::DBAccess>(
+    mut it: rocksdb::DBRawIteratorWithThreadMode<'_, D>,
+    prefix: &[u8],
+) -> StateResult<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut out = Vec::new();
+    it.seek(prefix);
+    while it.valid() {
+        let (Some(k), Some(v)) = (it.key(), it.value()) else { break };
+        if !k.starts_with(prefix) {
+            break;
+        }
+        out.push((k.to_vec(), v.to_vec()));
+        it.next();
+    }
+    it.status()?;
+    Ok(out)
 }

@@ -132,14 +132,6 @@ fn sleep_unless(flag: &AtomicBool, d: Duration) {
     }
 }
 
-fn db_scan(db: &DB, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
-    db.prefix_iterator(prefix)
-        .filter_map(Result::ok)
-        .take_while(|(k, _)| k.starts_with(prefix))
-        .map(|(k, v)| (k.to_vec(), v.to_vec()))
-        .collect()
-}
-
 /// Runs until stopped; `Err` when the consumer must be rebuilt.
 fn run(ingest: &Ingest, stop: &AtomicBool, worker: usize, workers: usize) -> ConnectorResult<()> {
     let table = &ingest.table;
@@ -153,7 +145,7 @@ fn run(ingest: &Ingest, stop: &AtomicBool, worker: usize, workers: usize) -> Con
     // Offsets: the stored ones (see record_start); new partitions start
     // at their beginning.
     let mut offsets: BTreeMap<i32, i64> =
-        stored_offsets(|p| db_scan(&ingest.db, p), keys::META_SOURCE_OFFSET_PREFIX, table.id());
+        stored_offsets(|p| crate::state::scan_prefix(ingest.db.raw_iterator(), p).unwrap_or_default(), keys::META_SOURCE_OFFSET_PREFIX, table.id());
     let mut next_metadata = Instant::now();
     let mut assigned: BTreeMap<i32, i64> = BTreeMap::new();
     loop {

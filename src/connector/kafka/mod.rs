@@ -346,21 +346,6 @@ pub fn stored_offsets(
         .collect()
 }
 
-fn snapshot_scan(snapshot: &rocksdb::Snapshot<'_>, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut it = snapshot.raw_iterator();
-    it.seek(prefix);
-    while it.valid() {
-        let (Some(k), Some(v)) = (it.key(), it.value()) else { break };
-        if !k.starts_with(prefix) {
-            break;
-        }
-        out.push((k.to_vec(), v.to_vec()));
-        it.next();
-    }
-    out
-}
-
 /// Fills a new view from a source: the messages from where ingest began
 /// up to the offsets in `snapshot` (the log after the snapshot holds the
 /// rest). Blocking.
@@ -372,8 +357,9 @@ pub fn backfill_source(
 ) -> crate::stream::StreamResult<()> {
     let fail = |e: ConnectorError| crate::stream::StreamError::Failed(format!("reading source {}: {e}", table.name()));
     let (decoder, opts, headers) = decoder_for(table).map_err(fail)?;
-    let starts = stored_offsets(|p| snapshot_scan(snapshot, p), keys::META_SOURCE_START_PREFIX, table.id());
-    let ends = stored_offsets(|p| snapshot_scan(snapshot, p), keys::META_SOURCE_OFFSET_PREFIX, table.id());
+    let scan = |p: &[u8]| crate::state::scan_prefix(snapshot.raw_iterator(), p).unwrap_or_default();
+    let starts = stored_offsets(scan, keys::META_SOURCE_START_PREFIX, table.id());
+    let ends = stored_offsets(scan, keys::META_SOURCE_OFFSET_PREFIX, table.id());
     let ranges: Vec<(i32, i64, i64)> =
         ends.iter().map(|(p, end)| (*p, starts.get(p).copied().unwrap_or(0), *end)).collect();
     let mut error = None;
