@@ -299,3 +299,32 @@ async fn frozen_past_the_transaction_timeout() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// SIGTERM: ingest stops, a last checkpoint is written and the sinks
+/// publish it before eddy exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_publishes_the_last_epoch() {
+    let input = unique("stop-in");
+    let out = unique("stop-out");
+    create_topic(&input, 1).await;
+    create_topic(&out, 1).await;
+    // A long checkpoint interval: only the shutdown's checkpoint publishes.
+    let mut server = TestServer::start_with_env(&[("EDDY_CHECKPOINT_INTERVAL_MS", "600000")]);
+    let c = server.connect().await;
+    let w = |t: &str| format!("connector = 'kafka', topic = '{t}', properties.bootstrap.server = '{}'", bootstrap());
+    exec(&c, &format!("CREATE SOURCE ev (id BIGINT) WITH ({}) FORMAT PLAIN ENCODE JSON", w(&input))).await;
+    exec(&c, &format!("CREATE SINK pass AS SELECT id FROM ev WITH ({}) FORMAT PLAIN ENCODE JSON", w(&out))).await;
+    let p = producer();
+    for id in 0..50 {
+        send(&p, &input, None, None, Some(&format!(r#"{{"id": {id}}}"#)), &[]).await;
+    }
+    wait_rows(&c, "SELECT sum(rows_read) FROM eddy_catalog.kafka_source_partitions", &["50"]).await;
+    let t = out.clone();
+    let before = tokio::task::spawn_blocking(move || read_all_with(&bootstrap(), &t, "read_committed")).await.expect("read");
+    assert!(before.is_empty(), "published before any checkpoint");
+    drop(c);
+    assert!(server.terminate().success());
+    let t = out.clone();
+    let after = tokio::task::spawn_blocking(move || read_all_with(&bootstrap(), &t, "read_committed")).await.expect("read");
+    assert_eq!(after.len(), 50);
+}

@@ -9,7 +9,15 @@ use std::time::Duration;
 pub struct Server {
     pub child: Child,
     pub port: u16,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for Server {
@@ -21,11 +29,19 @@ impl Drop for Server {
 
 /// Starts the release `eddy` binary with extra environment variables.
 pub fn start(envs: &[(&str, String)]) -> Server {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port");
     let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let mut server = start_in(&data, envs);
+    server._dir = Some(dir);
+    server
+}
+
+/// Starts eddy on `data` (existing data is recovered).
+pub fn start_in(data: &std::path::Path, envs: &[(&str, String)]) -> Server {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port");
     let child = Command::new(env!("CARGO_BIN_EXE_eddy"))
         .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(dir.path().join("data"))
+        .arg(data)
         .env("EDDY_LOG", "warn")
         .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::null())
@@ -33,7 +49,7 @@ pub fn start(envs: &[(&str, String)]) -> Server {
         .expect("spawn eddy");
     for _ in 0..600 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Server { child, port, _dir: dir };
+            return Server { child, port, _dir: None };
         }
         std::thread::sleep(Duration::from_millis(50));
     }
