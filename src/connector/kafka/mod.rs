@@ -163,7 +163,10 @@ pub fn partitions(client: &BaseConsumer, opts: &KafkaOptions, timeout: Duration)
 pub async fn check_topic(opts: &KafkaOptions) -> ConnectorResult<Vec<i32>> {
     let opts = opts.clone();
     tokio::task::spawn_blocking(move || {
-        let c = consumer(&opts, None)?;
+        // A sink's producer settings would each log a warning here.
+        let mut probe = opts.clone();
+        probe.properties.retain(|k, _| !k.starts_with("transaction") && !k.starts_with("linger") && !k.starts_with("acks"));
+        let c = consumer(&probe, None)?;
         partitions(&c, &opts, CONNECT_TIMEOUT)
     })
     .await
