@@ -25,7 +25,9 @@ fn env_usize(name: &str, default: usize) -> usize {
 }
 
 async fn exec(c: &tokio_postgres::Client, sql: &str) {
-    c.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    if let Err(e) = c.simple_query(sql).await {
+        panic!("{sql}: {}", e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -313,7 +315,12 @@ async fn graceful_shutdown_publishes_the_last_epoch() {
     let c = server.connect().await;
     let w = |t: &str| format!("connector = 'kafka', topic = '{t}', properties.bootstrap.server = '{}'", bootstrap());
     exec(&c, &format!("CREATE SOURCE ev (id BIGINT) WITH ({}) FORMAT PLAIN ENCODE JSON", w(&input))).await;
-    exec(&c, &format!("CREATE SINK pass AS SELECT id FROM ev WITH ({}) FORMAT PLAIN ENCODE JSON", w(&out))).await;
+    // The transaction timeout must cover the (long) checkpoint interval.
+    exec(
+        &c,
+        &format!("CREATE SINK pass AS SELECT id FROM ev WITH ({}, properties.transaction.timeout.ms = '700000') FORMAT PLAIN ENCODE JSON", w(&out)),
+    )
+    .await;
     let p = producer();
     for id in 0..50 {
         send(&p, &input, None, None, Some(&format!(r#"{{"id": {id}}}"#)), &[]).await;

@@ -18,7 +18,9 @@ fn with(topic: &str) -> String {
 }
 
 async fn exec(c: &tokio_postgres::Client, sql: &str) {
-    c.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    if let Err(e) = c.simple_query(sql).await {
+        panic!("{sql}: {}", e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
