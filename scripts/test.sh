@@ -21,6 +21,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 python3 -c "import psycopg" 2>/dev/null || python3 -m pip install -q "psycopg[binary]==3.3.9"
+# delta-rs's Python reader: the independent reader of tests/delta.rs.
+python3 -c "import deltalake, pyarrow" 2>/dev/null || python3 -m pip install -q "deltalake==1.1.4" "pyarrow==26.0.1"
 # pgjdbc for the JDBC client test (Java 17 and Maven are on the machine).
 [ -f "$HOME/.m2/repository/org/postgresql/postgresql/42.7.14/postgresql-42.7.14.jar" ] ||
   mvn -q dependency:get -Dartifact=org.postgresql:postgresql:42.7.14

@@ -61,7 +61,10 @@ fn main() -> anyhow::Result<()> {
         None => cli.serve,
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("EDDY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        // delta-rs logs every snapshot load and scan at INFO.
+        .add_directive("deltalake_core=warn".parse().expect("directive"))
+        .add_directive("delta_kernel=warn".parse().expect("directive"));
     tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
 
     let mut config = eddy::config::Config::load(args.config.as_deref())?;

@@ -1,6 +1,6 @@
 //! `connector/`: where data enters and leaves eddy: Kafka sources and
 //! Kafka-fed tables (read by [`kafka::ingest`]), Kafka sinks
-//! ([`kafka::sink`]), and what they share: the `WITH (...)` / `FORMAT ...
+//! ([`kafka::sink`]), Delta Lake sinks ([`delta`]), and what they share: the `WITH (...)` / `FORMAT ...
 //! ENCODE ...` clauses ([`spec`], [`sql`]), message decoding ([`decode`])
 //! and per-partition counters ([`metrics`]).
 //!
@@ -10,6 +10,7 @@
 //! left it.
 
 pub mod decode;
+pub mod delta;
 pub mod kafka;
 pub mod metrics;
 pub mod spec;
@@ -38,6 +39,9 @@ pub enum ConnectorError {
     State(#[from] crate::state::StateError),
     #[error("arrow error: {0}")]
     Arrow(#[from] datafusion::arrow::error::ArrowError),
+    /// A Delta Lake table operation failed (58030).
+    #[error("delta: {0}")]
+    Delta(String),
 }
 
 impl ConnectorError {
@@ -48,6 +52,7 @@ impl ConnectorError {
             Self::Unreachable(_) => "08001",
             Self::NoTopic(_) => "42704",
             Self::Kafka(_) => "58000",
+            Self::Delta(_) => "58030",
             Self::State(_) | Self::Arrow(_) => "XX000",
         }
     }

@@ -205,7 +205,14 @@ pub fn start_all(engine: &Engine) {
     }
 }
 
+fn is_delta(sink: &SinkDef) -> bool {
+    sink.options.get("connector").is_some_and(|c| c.eq_ignore_ascii_case("deltalake"))
+}
+
 async fn create_sink(engine: &Engine, if_not_exists: bool, name: String, query: &str, sink: SinkDef) -> EngineResult<Output> {
+    if is_delta(&sink) {
+        return create_delta_sink(engine, if_not_exists, name, query, sink).await;
+    }
     let tag = "CREATE SINK";
     let opts = KafkaOptions::for_sink(&sink.options)?;
     if sink.encode != crate::connector::Encode::Json {
@@ -290,6 +297,73 @@ async fn create_sink(engine: &Engine, if_not_exists: bool, name: String, query: 
     Ok(Output::Command { tag, rows: None })
 }
 
+/// `CREATE SINK ... WITH (connector = 'deltalake', location = ...)`.
+async fn create_delta_sink(engine: &Engine, if_not_exists: bool, name: String, query: &str, sink: SinkDef) -> EngineResult<Output> {
+    let tag = "CREATE SINK";
+    let opts = crate::connector::delta::DeltaOptions::parse(&sink.options, engine.checkpoint_interval_ms)?;
+    let _ddl = engine.ddl_lock.lock().await;
+    if engine.catalog.exists(&name) {
+        if if_not_exists {
+            return Ok(Output::Command { tag, rows: None });
+        }
+        return Err(CatalogError::AlreadyExists(name).into());
+    }
+    let Some(Statement::Query(q)) = engine.parse_plain(query)?.into_iter().next() else {
+        return Err(EngineError::user("42601", "CREATE SINK ... AS needs a SELECT"));
+    };
+    let planned = plan_query(engine, &q, &[]).await?;
+    let sp = stream_plan(engine, &planned)?;
+    let force = sink.options.get("force_append_only").is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        || sink.options.get("type").is_some_and(|v| v.eq_ignore_ascii_case("append-only"));
+    if opts.primary_key.is_empty() && !crate::plan::append_only(&sp.root) && !force {
+        return Err(EngineError::user(
+            "0A000",
+            "the sink's query can update or delete rows: give primary_key = '...' so eddy can MERGE them into the Delta table (or force_append_only = 'true' to drop updates and deletes)",
+        ));
+    }
+    crate::connector::delta::prepare_table(&opts, &sp.schema).await?;
+    let schema = sp.schema.clone();
+    let def = MvDef {
+        id: engine.catalog.allocate_id(),
+        name: name.clone(),
+        sql: query.to_string(),
+        depends_on: planned.depends_on.clone(),
+        created_seq: 0,
+        columns: Vec::new(),
+        sink: Some(sink),
+    };
+    let def = engine.stream.attach(def, sp, true).await?;
+    start_committer(engine, &def, opts, schema)?;
+    engine.catalog.insert_sink(Arc::new(def));
+    Ok(Output::Command { tag, rows: None })
+}
+
+fn start_committer(
+    engine: &Engine,
+    def: &MvDef,
+    opts: crate::connector::delta::DeltaOptions,
+    schema: datafusion::arrow::datatypes::SchemaRef,
+) -> EngineResult<()> {
+    let stats = engine.connectors.metrics.sink(&def.name, opts.location.as_str());
+    let drain = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let handle = crate::connector::delta::spawn(crate::connector::delta::Committer {
+        sink_id: def.id,
+        name: def.name.clone(),
+        app_id: format!("eddy-{}-sink-{}", install_id(engine)?, def.id),
+        opts,
+        query_schema: schema,
+        db: engine.store.db().clone(),
+        writer: engine.store.writer().clone(),
+        epochs: engine.stream.committed_epoch(),
+        stats,
+        drain: drain.clone(),
+        interval: std::time::Duration::from_millis(engine.checkpoint_interval_ms),
+    });
+    let stats = handle.stats();
+    engine.connectors.add_sink(def.id, kafka::SinkHandle { stop: Box::new(move || handle.stop()), stats, drain: Some(drain) });
+    Ok(())
+}
+
 /// A transaction must outlive a checkpoint interval plus a restart, or the
 /// broker aborts it while eddy is still working on it.
 fn check_transaction_timeout(engine: &Engine, opts: &KafkaOptions) -> EngineResult<()> {
@@ -324,7 +398,8 @@ fn start_publisher(engine: &Engine, def: &MvDef, opts: KafkaOptions) -> EngineRe
         epochs: engine.stream.committed_epoch(),
         stats,
     })?;
-    engine.connectors.add_sink(def.id, handle);
+    let stats = handle.stats.clone();
+    engine.connectors.add_sink(def.id, kafka::SinkHandle { stop: Box::new(move || handle.stop()), stats, drain: None });
     Ok(())
 }
 
@@ -349,6 +424,19 @@ fn install_id(engine: &Engine) -> EngineResult<String> {
 /// Rebuilds a sink's graph at start-up and starts its publisher.
 pub async fn restore_sink(engine: &Engine, def: MvDef) -> EngineResult<()> {
     let Some(sink) = def.sink.clone() else { return Ok(()) };
+    if is_delta(&sink) {
+        let opts = crate::connector::delta::DeltaOptions::parse(&sink.options, engine.checkpoint_interval_ms)?;
+        let Some(Statement::Query(q)) = engine.parse_plain(&def.sql)?.into_iter().next() else {
+            return Err(EngineError::user("XX001", format!("stored definition of sink {} is not a query", def.name)));
+        };
+        let planned = plan_query(engine, &q, &[]).await?;
+        let sp = stream_plan(engine, &planned)?;
+        let schema = sp.schema.clone();
+        let def = engine.stream.attach(def, sp, false).await?;
+        start_committer(engine, &def, opts, schema)?;
+        engine.catalog.insert_sink(Arc::new(def));
+        return Ok(());
+    }
     let opts = KafkaOptions::for_sink(&sink.options)?;
     let Some(Statement::Query(q)) = engine.parse_plain(&def.sql)?.into_iter().next() else {
         return Err(EngineError::user("XX001", format!("stored definition of sink {} is not a query", def.name)));

@@ -526,6 +526,17 @@ impl Coordinator {
         let root_rx = ops::spawn(plan.root, &ctx, &mut sources)?;
         let subscribers = Arc::new(Mutex::new(Vec::new()));
         let terminal: Box<dyn ops::Operator> = match &def.sink {
+            Some(sink) if sink.options.get("connector").is_some_and(|c| c.eq_ignore_ascii_case("deltalake")) => {
+                let keys: Vec<usize> = sink
+                    .options
+                    .get("primary_key")
+                    .map(|k| k.split(',').map(|c| c.trim().to_lowercase()).filter(|c| !c.is_empty()).collect::<Vec<_>>())
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|k| schema.index_of(k).map_err(|_| StreamError::Failed(format!("primary_key column \"{k}\" is not in the sink's query"))))
+                    .collect::<StreamResult<_>>()?;
+                Box::new(ops::delta_sink::DeltaSinkOp::new(def.id, schema, keys)?)
+            }
             Some(sink) => Box::new(ops::sink::SinkOp::new(def.id, sink, schema)?),
             None => Box::new(MaterializeOp::new(self.db.clone(), keys::mv_prefix(def.id), schema)?),
         };

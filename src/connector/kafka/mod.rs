@@ -37,7 +37,15 @@ pub const CHUNK_MESSAGES: usize = 16_384;
 pub struct Connectors {
     pub metrics: Arc<Metrics>,
     ingest: Mutex<HashMap<u64, ingest::IngestHandle>>,
-    sinks: Mutex<HashMap<u64, sink::PublisherHandle>>,
+    sinks: Mutex<HashMap<u64, SinkHandle>>,
+}
+
+/// A running sink publisher (Kafka) or committer (Delta).
+pub struct SinkHandle {
+    pub stop: Box<dyn Fn() + Send + Sync>,
+    pub stats: Arc<Mutex<super::metrics::SinkStats>>,
+    /// Set to make it publish what is pending at once (shutdown).
+    pub drain: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Connectors {
@@ -54,15 +62,15 @@ impl Connectors {
         self.metrics.remove(name);
     }
 
-    pub fn add_sink(&self, id: u64, handle: sink::PublisherHandle) {
+    pub fn add_sink(&self, id: u64, handle: SinkHandle) {
         if let Some(old) = self.sinks.lock().unwrap_or_else(|p| p.into_inner()).insert(id, handle) {
-            old.stop();
+            (old.stop)();
         }
     }
 
     pub fn stop_sink(&self, id: u64, name: &str) {
         if let Some(h) = self.sinks.lock().unwrap_or_else(|p| p.into_inner()).remove(&id) {
-            h.stop();
+            (h.stop)();
         }
         self.metrics.remove(name);
     }
@@ -77,18 +85,27 @@ impl Connectors {
     /// Waits until every sink has published everything up to `epoch` (the
     /// final checkpoint of a shutdown), at most `timeout` in all.
     pub async fn drain_sinks(&self, epoch: u64, timeout: std::time::Duration) {
-        let handles: Vec<u64> = self.sinks.lock().unwrap_or_else(|p| p.into_inner()).keys().copied().collect();
-        let deadline = tokio::time::Instant::now() + timeout;
-        for id in handles {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let drained = {
-                let sinks = self.sinks.lock().unwrap_or_else(|p| p.into_inner());
-                sinks.get(&id).map(|h| h.drain_future(epoch, left))
-            };
-            if let Some(f) = drained {
-                if !f.await {
-                    tracing::warn!("sink {id} did not publish its last epoch before shutdown; it will after the restart");
+        let sinks: Vec<(u64, Arc<Mutex<super::metrics::SinkStats>>)> = {
+            let map = self.sinks.lock().unwrap_or_else(|p| p.into_inner());
+            for h in map.values() {
+                if let Some(d) = &h.drain {
+                    d.store(true, std::sync::atomic::Ordering::SeqCst);
                 }
+            }
+            map.iter().map(|(id, h)| (*id, h.stats.clone())).collect()
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        for (id, stats) in sinks {
+            loop {
+                let caught_up = stats.lock().unwrap_or_else(|p| p.into_inner()).caught_up_epoch;
+                if caught_up >= epoch {
+                    break;
+                }
+                if tokio::time::Instant::now() > deadline {
+                    tracing::warn!("sink {id} did not publish its last epoch before shutdown; it will after the restart");
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
         }
     }
@@ -99,7 +116,7 @@ impl Connectors {
             h.stop();
         }
         for (_, h) in self.sinks.lock().unwrap_or_else(|p| p.into_inner()).drain() {
-            h.stop();
+            (h.stop)();
         }
     }
 }

@@ -47,32 +47,13 @@ const TXN_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct PublisherHandle {
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
-    stats: Arc<Mutex<SinkStats>>,
+    pub stats: Arc<Mutex<SinkStats>>,
 }
 
 impl PublisherHandle {
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         self.task.abort();
-    }
-
-    /// Resolves (true) once everything up to `epoch` is published, or
-    /// false after `timeout`.
-    pub fn drain_future(&self, epoch: u64, timeout: Duration) -> impl std::future::Future<Output = bool> + Send + 'static {
-        let stats = self.stats.clone();
-        async move {
-            let deadline = tokio::time::Instant::now() + timeout;
-            loop {
-                let caught_up = stats.lock().unwrap_or_else(|e| e.into_inner()).caught_up_epoch;
-                if caught_up >= epoch {
-                    return true;
-                }
-                if tokio::time::Instant::now() > deadline {
-                    return false;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
     }
 }
 
