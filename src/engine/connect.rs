@@ -282,19 +282,23 @@ async fn create_sink(engine: &Engine, if_not_exists: bool, name: String, query: 
         crate::connector::spec::Delivery::AtLeastOnce => "at_least_once",
     };
     sink.options.insert("sink.delivery".into(), delivery.into());
-    let def = MvDef {
+    let def = engine.stream.attach(sink_def(engine, name, query, &planned, sink), sp, true).await?;
+    start_publisher(engine, &def, opts)?;
+    engine.catalog.insert_sink(Arc::new(def));
+    Ok(Output::Command { tag, rows: None })
+}
+
+/// A new sink's catalog entry.
+fn sink_def(engine: &Engine, name: String, query: &str, planned: &super::mv::Planned, sink: SinkDef) -> MvDef {
+    MvDef {
         id: engine.catalog.allocate_id(),
-        name: name.clone(),
+        name,
         sql: query.to_string(),
         depends_on: planned.depends_on.clone(),
         created_seq: 0,
         columns: Vec::new(),
         sink: Some(sink),
-    };
-    let def = engine.stream.attach(def, sp, true).await?;
-    start_publisher(engine, &def, opts)?;
-    engine.catalog.insert_sink(Arc::new(def));
-    Ok(Output::Command { tag, rows: None })
+    }
 }
 
 /// `CREATE SINK ... WITH (connector = 'deltalake', location = ...)`.
@@ -323,16 +327,7 @@ async fn create_delta_sink(engine: &Engine, if_not_exists: bool, name: String, q
     }
     crate::connector::delta::prepare_table(&opts, &sp.schema).await?;
     let schema = sp.schema.clone();
-    let def = MvDef {
-        id: engine.catalog.allocate_id(),
-        name: name.clone(),
-        sql: query.to_string(),
-        depends_on: planned.depends_on.clone(),
-        created_seq: 0,
-        columns: Vec::new(),
-        sink: Some(sink),
-    };
-    let def = engine.stream.attach(def, sp, true).await?;
+    let def = engine.stream.attach(sink_def(engine, name, query, &planned, sink), sp, true).await?;
     start_committer(engine, &def, opts, schema)?;
     engine.catalog.insert_sink(Arc::new(def));
     Ok(Output::Command { tag, rows: None })

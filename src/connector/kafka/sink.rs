@@ -191,6 +191,9 @@ pub async fn ensure_progress_topic(opts: &KafkaOptions) -> ConnectorResult<()> {
 
 /// The highest epoch in a committed progress record of `id`. Blocking.
 fn last_committed_epoch(opts: &KafkaOptions, id: &str) -> ConnectorResult<Option<u64>> {
+    // The sink's producer settings would each log a warning in a consumer.
+    let mut opts = opts.clone();
+    opts.properties.retain(|k, _| !k.starts_with("transaction") && !k.starts_with("linger") && !k.starts_with("acks"));
     let mut config = opts.client_config();
     config.set("group.id", "eddy-progress-reader");
     config.set("enable.auto.commit", "false");
