@@ -89,6 +89,15 @@ fn fill(topic: &str, n: usize) {
     eprintln!("filled {topic}: {n} messages in {:.1} s", started.elapsed().as_secs_f64());
 }
 
+/// The benchmark's source over the messages `fill` writes.
+fn source_sql(input: &str) -> String {
+    format!(
+        "CREATE SOURCE txns (id BIGINT, account VARCHAR, merchant VARCHAR, amount DOUBLE PRECISION, currency VARCHAR, country VARCHAR, channel VARCHAR, note VARCHAR) \
+         WITH (connector = 'kafka', topic = '{input}', properties.bootstrap.server = '{}') FORMAT PLAIN ENCODE JSON",
+        bootstrap()
+    )
+}
+
 fn topic_count(topic: &str) -> i64 {
     let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap()).create().expect("consumer");
     let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
@@ -120,10 +129,10 @@ async fn passthrough(input: &str, n: usize, delivery: &str) -> f64 {
     let t0 = Instant::now();
     let b = bootstrap();
     c.batch_execute(&format!(
-        "CREATE SOURCE txns (id BIGINT, account VARCHAR, merchant VARCHAR, amount DOUBLE PRECISION, currency VARCHAR, country VARCHAR, channel VARCHAR, note VARCHAR) \
-         WITH (connector = 'kafka', topic = '{input}', properties.bootstrap.server = '{b}') FORMAT PLAIN ENCODE JSON; \
+        "{}; \
          CREATE SINK big AS SELECT id, account, amount * 1.1 AS gross FROM txns WHERE amount >= 0 \
-         WITH (connector = 'kafka', topic = '{output}', properties.bootstrap.server = '{b}', sink.delivery = '{delivery}') FORMAT PLAIN ENCODE JSON"
+         WITH (connector = 'kafka', topic = '{output}', properties.bootstrap.server = '{b}', sink.delivery = '{delivery}') FORMAT PLAIN ENCODE JSON",
+        source_sql(input)
     ))
     .await
     .expect("create");
@@ -234,11 +243,10 @@ async fn aggregate(input: &str, n: usize) {
     let pid = server.child.id();
     let cpu0 = cpu_seconds(pid);
     let t0 = Instant::now();
-    let b = bootstrap();
     c.batch_execute(&format!(
-        "CREATE SOURCE txns (id BIGINT, account VARCHAR, merchant VARCHAR, amount DOUBLE PRECISION, currency VARCHAR, country VARCHAR, channel VARCHAR, note VARCHAR) \
-         WITH (connector = 'kafka', topic = '{input}', properties.bootstrap.server = '{b}') FORMAT PLAIN ENCODE JSON; \
-         CREATE MATERIALIZED VIEW spend AS SELECT account, count(*) AS n, sum(amount) AS total FROM txns GROUP BY account"
+        "{}; \
+         CREATE MATERIALIZED VIEW spend AS SELECT account, count(*) AS n, sum(amount) AS total FROM txns GROUP BY account",
+        source_sql(input)
     ))
     .await
     .expect("create");
@@ -277,13 +285,12 @@ async fn recovery(groups: usize) {
     }
     let dir = tempfile::tempdir().expect("tmp");
     let data = dir.path().join("data");
-    let b = bootstrap();
     let mut server = common::start_in(&data, &[]);
     let c = connect(server.port).await;
     c.batch_execute(&format!(
-        "CREATE SOURCE txns (id BIGINT, account VARCHAR, merchant VARCHAR, amount DOUBLE PRECISION, currency VARCHAR, country VARCHAR, channel VARCHAR, note VARCHAR) \
-         WITH (connector = 'kafka', topic = '{input}', properties.bootstrap.server = '{b}') FORMAT PLAIN ENCODE JSON; \
-         CREATE MATERIALIZED VIEW per_id AS SELECT id, merchant, note, count(*) AS n, sum(amount) AS total, max(account) AS a FROM txns GROUP BY id, merchant, note"
+        "{}; \
+         CREATE MATERIALIZED VIEW per_id AS SELECT id, merchant, note, count(*) AS n, sum(amount) AS total, max(account) AS a FROM txns GROUP BY id, merchant, note",
+        source_sql(&input)
     ))
     .await
     .expect("create");

@@ -9,13 +9,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{Rng, TestServer, run_until_exit, wait_rows};
-
-async fn exec(c: &tokio_postgres::Client, sql: &str) {
-    if let Err(e) = c.simple_query(sql).await {
-        panic!("{sql}: {}", e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()));
-    }
-}
+use common::{exec, Rng, TestServer, run_until_exit, wait_rows};
 
 /// What the independent reader sees (retried: a read racing a commit can fail).
 fn read_delta(path: &std::path::Path) -> serde_json::Value {

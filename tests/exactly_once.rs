@@ -16,18 +16,12 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use common::kafka::{bootstrap, create_topic, producer, read_all_with, send, unique};
-use common::{Rng, TestServer, rows_text, run_until_exit, wait_rows};
+use common::{exec, Rng, TestServer, rows_text, run_until_exit, wait_rows};
 
 const FAILPOINTS: &[&str] = &["after_sink_flush", "after_checkpoint", "before_kafka_commit", "after_kafka_commit", "during_recovery"];
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-async fn exec(c: &tokio_postgres::Client, sql: &str) {
-    if let Err(e) = c.simple_query(sql).await {
-        panic!("{sql}: {}", e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

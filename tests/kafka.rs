@@ -11,16 +11,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::kafka::{self, bootstrap, create_topic, producer, read_all, send, unique};
-use common::{TestServer, error_code, rows_text, wait_rows};
+use common::{exec, TestServer, error_code, rows_text, wait_rows};
 
 fn with(topic: &str) -> String {
     format!("connector = 'kafka', topic = '{topic}', properties.bootstrap.server = '{}'", bootstrap())
-}
-
-async fn exec(c: &tokio_postgres::Client, sql: &str) {
-    if let Err(e) = c.simple_query(sql).await {
-        panic!("{sql}: {}", e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

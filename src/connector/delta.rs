@@ -27,11 +27,12 @@ use rocksdb::DB;
 use tokio::sync::watch;
 
 use super::metrics::SinkStats;
+use super::spec::column_list;
 use super::{ConnectorError, ConnectorResult};
 use crate::failpoint;
-use crate::state::{WriterHandle, keys};
+use crate::state::WriterHandle;
 use crate::stream::ops::delta_sink::{DELETE_COLUMN, decode_outbox};
-use crate::stream::ops::sink::outbox_epoch;
+use crate::stream::ops::sink::{clear_outbox, read_outbox};
 
 /// A Delta sink's validated options.
 #[derive(Debug, Clone)]
@@ -66,12 +67,6 @@ impl DeltaOptions {
                 return Err(ConnectorError::Option(format!("unknown option {k}; options here are {} and s3.*", OPTIONS.join(", "))));
             }
         }
-        let list = |k: &str| -> Vec<String> {
-            options
-                .get(k)
-                .map(|v| v.split(',').map(|c| c.trim().to_lowercase()).filter(|c| !c.is_empty()).collect())
-                .unwrap_or_default()
-        };
         let commit_every = match options.get("commit_checkpoint_interval") {
             Some(v) => v.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
                 ConnectorError::Option(format!("commit_checkpoint_interval must be a positive number of checkpoints, not '{v}'"))
@@ -79,7 +74,7 @@ impl DeltaOptions {
             // About 10 s between commits.
             None => (10_000 / checkpoint_interval_ms.max(1)).max(1),
         };
-        Ok(Self { location, partition_by: list("partition_by"), primary_key: list("primary_key"), commit_every, storage })
+        Ok(Self { location, partition_by: column_list(options, "partition_by"), primary_key: column_list(options, "primary_key"), commit_every, storage })
     }
 }
 
@@ -268,35 +263,19 @@ async fn run(mut c: Committer, stop: Arc<AtomicBool>) {
     }
 }
 
-type Chunks = Vec<(Vec<u8>, Vec<u8>)>;
+type Chunks = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
 async fn outbox(c: &Committer) -> ConnectorResult<BTreeMap<u64, Chunks>> {
     let db = c.db.clone();
     let sink_id = c.sink_id;
-    tokio::task::spawn_blocking(move || -> ConnectorResult<BTreeMap<u64, Chunks>> {
-        let prefix = keys::op_state_prefix(sink_id, keys::SINK_OUTBOX_NODE);
-        let mut out: BTreeMap<u64, Chunks> = BTreeMap::new();
-        for (k, v) in crate::state::scan_prefix(db.raw_iterator(), &prefix)? {
-            if let Some(e) = outbox_epoch(sink_id, &k) {
-                out.entry(e).or_default().push((k, v));
-            }
-        }
-        Ok(out)
-    })
-    .await
-    .map_err(|e| ConnectorError::Delta(e.to_string()))?
+    tokio::task::spawn_blocking(move || read_outbox(&db, sink_id, false))
+        .await
+        .map_err(|e| ConnectorError::Delta(e.to_string()))?
+        .map_err(ConnectorError::from)
 }
 
 async fn delete_keys(c: &Committer, keys_done: Vec<Vec<u8>>) -> ConnectorResult<()> {
-    c.writer
-        .write(false, move |txn| {
-            for k in keys_done {
-                txn.put_direct(k, None);
-            }
-            Ok(0)
-        })
-        .await?;
-    Ok(())
+    Ok(clear_outbox(&c.writer, keys_done).await?)
 }
 
 /// Commits the outbox when enough epochs wait (or when draining);
@@ -305,6 +284,10 @@ async fn commit_pending(c: &Committer, committed: &mut Option<u64>, overdue: boo
     let pending = outbox(c).await?;
     if pending.is_empty() {
         return Ok(true);
+    }
+    let ready = pending.len() as u64 >= c.opts.commit_every || overdue || c.drain.load(Ordering::SeqCst);
+    if committed.is_some() && !ready {
+        return Ok(false); // nothing to read from the table yet
     }
     let mut table = open(&c.opts).await?;
     if committed.is_none() {
@@ -321,14 +304,14 @@ async fn commit_pending(c: &Committer, committed: &mut Option<u64>, overdue: boo
     if new.is_empty() {
         return Ok(true);
     }
-    if (new.len() as u64) < c.opts.commit_every && !overdue && !c.drain.load(Ordering::SeqCst) {
+    if !(new.len() as u64 >= c.opts.commit_every || overdue || c.drain.load(Ordering::SeqCst)) {
         return Ok(false);
     }
     let last = new.last().map(|(e, _)| *e).unwrap_or(done);
     let mut batches = Vec::new();
     for (_, chunks) in &new {
         for (_, v) in chunks {
-            batches.extend(decode_outbox(v).map_err(|e| ConnectorError::Delta(e.to_string()))?);
+            batches.extend(decode_outbox(v.as_deref().unwrap_or_default()).map_err(|e| ConnectorError::Delta(e.to_string()))?);
         }
     }
     let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();

@@ -85,6 +85,21 @@ pub enum Startup {
     Timestamp(i64),
 }
 
+impl SinkDef {
+    /// A Delta Lake sink (else Kafka).
+    pub fn is_delta(&self) -> bool {
+        self.options.get("connector").is_some_and(|c| c.eq_ignore_ascii_case("deltalake"))
+    }
+}
+
+/// A `'a, b'` option as lower-cased column names.
+pub fn column_list(options: &BTreeMap<String, String>, key: &str) -> Vec<String> {
+    options
+        .get(key)
+        .map(|v| v.split(',').map(|c| c.trim().to_lowercase()).filter(|c| !c.is_empty()).collect())
+        .unwrap_or_default()
+}
+
 /// How a sink's records reach Kafka.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
@@ -178,10 +193,7 @@ impl KafkaOptions {
                 )));
             }
         };
-        let primary_key = options
-            .get("primary_key")
-            .map(|k| k.split(',').map(|c| c.trim().to_lowercase()).filter(|c| !c.is_empty()).collect())
-            .unwrap_or_default();
+        let primary_key = column_list(options, "primary_key");
         let force_append_only = match options.get("force_append_only").map(|v| v.to_ascii_lowercase()).as_deref() {
             None | Some("false") => false,
             Some("true") => true,

@@ -53,18 +53,6 @@ pub fn carried(stmt: &Statement) -> Option<&str> {
     }
 }
 
-/// The command tag a streaming statement reports.
-pub fn tag_of(sql: &str) -> &'static str {
-    match parse(sql) {
-        Ok(StreamStatement::CreateSource { table: true, .. }) => "CREATE TABLE",
-        Ok(StreamStatement::CreateSource { .. }) => "CREATE SOURCE",
-        Ok(StreamStatement::CreateSink { .. }) => "CREATE SINK",
-        Ok(StreamStatement::Drop { sink: true, .. }) => "DROP SINK",
-        Ok(StreamStatement::Drop { .. }) => "DROP SOURCE",
-        _ => "SHOW",
-    }
-}
-
 pub async fn execute(engine: &Engine, sql: &str) -> EngineResult<Output> {
     let stmt = parse(sql).map_err(|e| EngineError::Syntax { message: e.0, position: None })?;
     match stmt {
@@ -205,12 +193,8 @@ pub fn start_all(engine: &Engine) {
     }
 }
 
-fn is_delta(sink: &SinkDef) -> bool {
-    sink.options.get("connector").is_some_and(|c| c.eq_ignore_ascii_case("deltalake"))
-}
-
 async fn create_sink(engine: &Engine, if_not_exists: bool, name: String, query: &str, sink: SinkDef) -> EngineResult<Output> {
-    if is_delta(&sink) {
+    if sink.is_delta() {
         return create_delta_sink(engine, if_not_exists, name, query, sink).await;
     }
     let tag = "CREATE SINK";
@@ -419,7 +403,7 @@ fn install_id(engine: &Engine) -> EngineResult<String> {
 /// Rebuilds a sink's graph at start-up and starts its publisher.
 pub async fn restore_sink(engine: &Engine, def: MvDef) -> EngineResult<()> {
     let Some(sink) = def.sink.clone() else { return Ok(()) };
-    if is_delta(&sink) {
+    if sink.is_delta() {
         let opts = crate::connector::delta::DeltaOptions::parse(&sink.options, engine.checkpoint_interval_ms)?;
         let Some(Statement::Query(q)) = engine.parse_plain(&def.sql)?.into_iter().next() else {
             return Err(EngineError::user("XX001", format!("stored definition of sink {} is not a query", def.name)));

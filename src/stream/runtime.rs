@@ -526,12 +526,8 @@ impl Coordinator {
         let root_rx = ops::spawn(plan.root, &ctx, &mut sources)?;
         let subscribers = Arc::new(Mutex::new(Vec::new()));
         let terminal: Box<dyn ops::Operator> = match &def.sink {
-            Some(sink) if sink.options.get("connector").is_some_and(|c| c.eq_ignore_ascii_case("deltalake")) => {
-                let keys: Vec<usize> = sink
-                    .options
-                    .get("primary_key")
-                    .map(|k| k.split(',').map(|c| c.trim().to_lowercase()).filter(|c| !c.is_empty()).collect::<Vec<_>>())
-                    .unwrap_or_default()
+            Some(sink) if sink.is_delta() => {
+                let keys: Vec<usize> = crate::connector::spec::column_list(&sink.options, "primary_key")
                     .iter()
                     .map(|k| schema.index_of(k).map_err(|_| StreamError::Failed(format!("primary_key column \"{k}\" is not in the sink's query"))))
                     .collect::<StreamResult<_>>()?;

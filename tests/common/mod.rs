@@ -212,6 +212,13 @@ pub async fn wait_rows(client: &tokio_postgres::Client, sql: &str, expected: &[&
     }
 }
 
+/// Runs a statement; panics with the server's message if it fails.
+pub async fn exec(c: &tokio_postgres::Client, sql: &str) {
+    if let Err(e) = c.simple_query(sql).await {
+        panic!("{sql}: {}", e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()));
+    }
+}
+
 /// The SQLSTATE of a failing statement.
 pub async fn error_code(client: &tokio_postgres::Client, sql: &str) -> String {
     match client.simple_query(sql).await {

@@ -154,7 +154,7 @@ fn run(ingest: &Ingest, stop: &AtomicBool, worker: usize, workers: usize) -> Con
         }
         if Instant::now() >= next_metadata {
             next_metadata = Instant::now() + METADATA_INTERVAL;
-            refresh(ingest, &client, &opts.topic, (worker, workers), &mut offsets, &mut assigned)?;
+            refresh(ingest, &client, &opts, (worker, workers), &mut offsets, &mut assigned)?;
         }
         // Fill a chunk.
         let mut held = Vec::new();
@@ -272,13 +272,13 @@ fn count_rows(refs: &[crate::connector::decode::MessageRef<'_>], message: &[usiz
 fn refresh(
     ingest: &Ingest,
     client: &BaseConsumer,
-    topic: &str,
+    opts: &crate::connector::spec::KafkaOptions,
     (worker, workers): (usize, usize),
     offsets: &mut BTreeMap<i32, i64>,
     assigned: &mut BTreeMap<i32, i64>,
 ) -> ConnectorResult<()> {
-    let opts_topic = topic.to_string();
-    let parts = match partitions_of(client, &opts_topic) {
+    let topic = opts.topic.as_str();
+    let parts = match super::partitions(client, opts, Duration::from_secs(5)) {
         Ok(p) => p.into_iter().filter(|p| (*p as usize) % workers == worker).collect::<Vec<_>>(),
         Err(e) => {
             lock(&ingest.stats).last_error = Some(e.to_string());
@@ -325,20 +325,6 @@ fn refresh(
     Ok(())
 }
 
-fn partitions_of(client: &BaseConsumer, topic: &str) -> ConnectorResult<Vec<i32>> {
-    let md = client.fetch_metadata(Some(topic), Duration::from_secs(5))?;
-    let parts: Vec<i32> = md
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if parts.is_empty() {
-        return Err(ConnectorError::NoTopic(format!("Kafka topic \"{topic}\" does not exist")));
-    }
-    Ok(parts)
-}
-
 /// One atomic write: the chunk's rows (or log entries) and the offsets.
 fn write_chunk(ingest: &Ingest, batch: RecordBatch, ops: Vec<RowOp>, next: &BTreeMap<i32, i64>) -> ConnectorResult<bool> {
     let table = ingest.table.clone();
@@ -349,19 +335,21 @@ fn write_chunk(ingest: &Ingest, batch: RecordBatch, ops: Vec<RowOp>, next: &BTre
         if txn.get(&keys::meta_table_key(id))?.is_none() {
             return Err(StateError::rejected("42P01", format!("relation \"{}\" was dropped", table.name())));
         }
-        let mut value = Vec::new();
+        let mut capacity = 64;
         for row in 0..batch.num_rows() {
-            value.clear();
+            let mut value = Vec::with_capacity(capacity);
             if table.def.source {
                 encode_row(batch.columns(), row, &mut value)?;
-                txn.log_append(id, value.clone());
+                capacity = capacity.max(value.len());
+                txn.log_append(id, value);
                 continue;
             }
             let key = row_key(&table, &batch, row)?;
             match ops[row] {
                 RowOp::Upsert => {
                     encode_row(batch.columns(), row, &mut value)?;
-                    txn.put(key, value.clone());
+                    capacity = capacity.max(value.len());
+                    txn.put(key, value);
                 }
                 RowOp::Delete => txn.delete(key),
             }

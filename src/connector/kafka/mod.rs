@@ -128,10 +128,23 @@ pub fn set_default(config: &mut rdkafka::ClientConfig, key: &str, value: &str) {
     }
 }
 
+/// A consumer's settings for `opts`: the user's `properties.*` without
+/// the producer-only ones (a sink's would each log a warning), and
+/// eddy's own offset handling.
+pub fn consumer_config(opts: &KafkaOptions) -> rdkafka::ClientConfig {
+    let mut config = rdkafka::ClientConfig::new();
+    for (k, v) in &opts.properties {
+        if !["transaction", "linger", "acks", "enable.idempotence"].iter().any(|p| k.starts_with(p)) {
+            config.set(k, v);
+        }
+    }
+    config.set("enable.auto.commit", "false");
+    config
+}
+
 /// A consumer for `opts` (no group commits unless `group` is given).
 pub fn consumer(opts: &KafkaOptions, group: Option<&str>) -> ConnectorResult<BaseConsumer> {
-    let mut config = opts.client_config();
-    config.set("enable.auto.commit", "false");
+    let mut config = consumer_config(opts);
     config.set("enable.auto.offset.store", "false");
     config.set("enable.partition.eof", "false");
     set_default(&mut config, "isolation.level", "read_committed");
@@ -180,10 +193,7 @@ pub fn partitions(client: &BaseConsumer, opts: &KafkaOptions, timeout: Duration)
 pub async fn check_topic(opts: &KafkaOptions) -> ConnectorResult<Vec<i32>> {
     let opts = opts.clone();
     tokio::task::spawn_blocking(move || {
-        // A sink's producer settings would each log a warning here.
-        let mut probe = opts.clone();
-        probe.properties.retain(|k, _| !k.starts_with("transaction") && !k.starts_with("linger") && !k.starts_with("acks"));
-        let c = consumer(&probe, None)?;
+        let c = consumer(&opts, None)?;
         partitions(&c, &opts, CONNECT_TIMEOUT)
     })
     .await

@@ -36,8 +36,8 @@ use crate::connector::metrics::SinkStats;
 use crate::connector::spec::{Delivery, KafkaOptions};
 use crate::connector::{ConnectorError, ConnectorResult};
 use crate::failpoint;
-use crate::state::{WriterHandle, keys};
-use crate::stream::ops::sink::{decode_outbox, outbox_epoch};
+use crate::state::WriterHandle;
+use crate::stream::ops::sink::{clear_outbox, decode_outbox, read_outbox};
 
 /// The compacted topic of exactly-once progress records.
 pub const PROGRESS_TOPIC: &str = "eddy_sink_progress";
@@ -191,12 +191,8 @@ pub async fn ensure_progress_topic(opts: &KafkaOptions) -> ConnectorResult<()> {
 
 /// The highest epoch in a committed progress record of `id`. Blocking.
 fn last_committed_epoch(opts: &KafkaOptions, id: &str) -> ConnectorResult<Option<u64>> {
-    // The sink's producer settings would each log a warning in a consumer.
-    let mut opts = opts.clone();
-    opts.properties.retain(|k, _| !k.starts_with("transaction") && !k.starts_with("linger") && !k.starts_with("acks"));
-    let mut config = opts.client_config();
+    let mut config = crate::connector::kafka::consumer_config(opts);
     config.set("group.id", "eddy-progress-reader");
-    config.set("enable.auto.commit", "false");
     config.set("isolation.level", "read_committed");
     let c: BaseConsumer = config.create()?;
     let (_, high) = c.fetch_watermarks(PROGRESS_TOPIC, 0, TXN_TIMEOUT)?;
@@ -242,41 +238,23 @@ fn last_committed_epoch(opts: &KafkaOptions, id: &str) -> ConnectorResult<Option
     Ok(last)
 }
 
-/// The outbox chunks of the oldest epoch on disk (every epoch there is
-/// covered by a durable checkpoint).
-async fn oldest_epoch(p: &Publisher) -> ConnectorResult<Vec<(Vec<u8>, Vec<u8>)>> {
+/// The outbox chunks of the oldest epoch on disk.
+async fn oldest_epoch(p: &Publisher) -> ConnectorResult<(u64, Vec<(Vec<u8>, Vec<u8>)>)> {
     let db = p.db.clone();
     let sink_id = p.sink_id;
-    blocking(move || {
-        let prefix = keys::op_state_prefix(sink_id, keys::SINK_OUTBOX_NODE);
-        let mut it = db.raw_iterator();
-        it.seek(&prefix);
-        let mut out = Vec::new();
-        let mut epoch = None;
-        while it.valid() {
-            let (Some(k), Some(v)) = (it.key(), it.value()) else { break };
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            let e = outbox_epoch(sink_id, k);
-            if epoch.is_some() && e != epoch {
-                break;
-            }
-            epoch = e;
-            out.push((k.to_vec(), v.to_vec()));
-            it.next();
-        }
-        it.status().map_err(crate::state::StateError::from)?;
-        Ok(out)
-    })
-    .await
+    let oldest = blocking(move || Ok(read_outbox(&db, sink_id, true)?.into_iter().next())).await?;
+    Ok(oldest
+        .map(|(e, chunks)| (e, chunks.into_iter().map(|(k, v)| (k, v.unwrap_or_default())).collect()))
+        .unwrap_or_default())
 }
 
 /// Publishes every epoch in the outbox, oldest first.
 async fn publish_pending(p: &Publisher, producer: &FutureProducer, published: &mut Option<u64>) -> ConnectorResult<()> {
     loop {
-        let chunks = oldest_epoch(p).await?;
-        let Some(epoch) = chunks.first().and_then(|(k, _)| outbox_epoch(p.sink_id, k)) else { return Ok(()) };
+        let (epoch, chunks) = oldest_epoch(p).await?;
+        if chunks.is_empty() {
+            return Ok(());
+        }
         let exactly_once = p.opts.delivery == Delivery::ExactlyOnce;
         let already = exactly_once && published.is_some_and(|last| epoch <= last);
         let mut sent = 0u64;
@@ -308,19 +286,9 @@ async fn publish_pending(p: &Publisher, producer: &FutureProducer, published: &m
                 blocking(move || Ok(prod.commit_transaction(TXN_TIMEOUT)?)).await?;
                 failpoint::hit("after_kafka_commit");
                 *published = Some(epoch);
-            } else {
-                let _ = producer.flush(Duration::from_secs(1));
             }
         }
-        let keys_done: Vec<Vec<u8>> = chunks.into_iter().map(|(k, _)| k).collect();
-        p.writer
-            .write(false, move |txn| {
-                for k in keys_done {
-                    txn.put_direct(k, None);
-                }
-                Ok(0)
-            })
-            .await?;
+        clear_outbox(&p.writer, chunks.into_iter().map(|(k, _)| k).collect()).await?;
         let mut s = stats(p);
         s.records += sent;
         s.published_epoch = s.published_epoch.max(epoch);

@@ -17,7 +17,6 @@ use datafusion::arrow::compute::{concat_batches, take};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use super::Operator;
-use crate::state::keys;
 use crate::stream::rows::RowCodec;
 use crate::stream::{Changes, StateWrite, StreamError, StreamResult};
 
@@ -137,11 +136,8 @@ impl Operator for DeltaSinkOp {
             w.write(&batch)?;
             w.finish()?;
         }
-        let mut key = keys::op_state_prefix(self.sink_id, keys::SINK_OUTBOX_NODE);
-        key.extend_from_slice(&epoch.to_be_bytes());
-        key.extend_from_slice(&0u32.to_be_bytes());
         crate::failpoint::hit("after_sink_flush");
-        Ok((Vec::new(), vec![(key, Some(buf))]))
+        Ok((Vec::new(), vec![(super::sink::outbox_key(self.sink_id, epoch, 0), Some(buf))]))
     }
 }
 

@@ -160,9 +160,7 @@ pub fn encode_outbox(sink_id: u64, epoch: u64, records: &[Record]) -> Vec<StateW
     let mut writes = Vec::new();
     let mut chunk = Vec::new();
     let flush = |chunk: &mut Vec<u8>, writes: &mut Vec<StateWrite>| {
-        let mut key = keys::op_state_prefix(sink_id, keys::SINK_OUTBOX_NODE);
-        key.extend_from_slice(&epoch.to_be_bytes());
-        key.extend_from_slice(&(writes.len() as u32).to_be_bytes());
+        let key = outbox_key(sink_id, epoch, writes.len() as u32);
         writes.push((key, Some(std::mem::take(chunk))));
     };
     for r in records {
@@ -206,6 +204,52 @@ pub fn decode_outbox(mut buf: &[u8]) -> StreamResult<Vec<Record>> {
         out.push(Record { key, value });
     }
     Ok(out)
+}
+
+/// The key of chunk `chunk` of a sink's outbox for `epoch`.
+pub fn outbox_key(sink_id: u64, epoch: u64, chunk: u32) -> Vec<u8> {
+    let mut key = keys::op_state_prefix(sink_id, keys::SINK_OUTBOX_NODE);
+    key.extend_from_slice(&epoch.to_be_bytes());
+    key.extend_from_slice(&chunk.to_be_bytes());
+    key
+}
+
+/// A sink's outbox chunks `(key, value)` on disk, by epoch (every one of
+/// them belongs to a durable checkpoint); with `oldest_only`, only the
+/// oldest epoch's. Blocking.
+pub fn read_outbox(
+    db: &rocksdb::DB,
+    sink_id: u64,
+    oldest_only: bool,
+) -> crate::state::StateResult<std::collections::BTreeMap<u64, Vec<StateWrite>>> {
+    let prefix = keys::op_state_prefix(sink_id, keys::SINK_OUTBOX_NODE);
+    let mut it = db.raw_iterator();
+    it.seek(&prefix);
+    let mut out: std::collections::BTreeMap<u64, Vec<StateWrite>> = std::collections::BTreeMap::new();
+    while it.valid() {
+        let (Some(k), Some(v)) = (it.key(), it.value()) else { break };
+        let Some(epoch) = k.starts_with(&prefix).then(|| outbox_epoch(sink_id, k)).flatten() else { break };
+        if oldest_only && !out.is_empty() && !out.contains_key(&epoch) {
+            break;
+        }
+        out.entry(epoch).or_default().push((k.to_vec(), Some(v.to_vec())));
+        it.next();
+    }
+    it.status()?;
+    Ok(out)
+}
+
+/// Deletes published outbox chunks.
+pub async fn clear_outbox(writer: &crate::state::WriterHandle, done: Vec<Vec<u8>>) -> crate::state::StateResult<()> {
+    writer
+        .write(false, move |txn| {
+            for k in done {
+                txn.put_direct(k, None);
+            }
+            Ok(0)
+        })
+        .await?;
+    Ok(())
 }
 
 /// The epoch of an outbox key.
