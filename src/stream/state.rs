@@ -308,10 +308,12 @@ impl Drop for StateTable {
 mod tests {
     use super::*;
 
-    fn open() -> (tempfile::TempDir, crate::state::Store) {
+    /// A bare RocksDB (no writer thread: nothing outlives the test to
+    /// race the process's exit).
+    fn open() -> (tempfile::TempDir, Arc<DB>) {
         let dir = tempfile::tempdir().expect("tmp");
-        let store = crate::state::Store::open(&dir.path().join("data"), 8).expect("store");
-        (dir, store)
+        let db = DB::open_default(dir.path().join("db")).expect("db");
+        (dir, Arc::new(db))
     }
 
     fn kv(pairs: &[(&str, &str)]) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -320,8 +322,7 @@ mod tests {
 
     #[test]
     fn scan_merges_cache_over_rocksdb_and_respects_deletes() {
-        let (_dir, store) = open();
-        let db = store.db().clone();
+        let (_dir, db) = open();
         for (k, v) in [("pa1", "x"), ("pa2", "y"), ("pb1", "z")] {
             db.put(format!("S{k}"), v).expect("put");
         }
@@ -337,8 +338,7 @@ mod tests {
 
     #[test]
     fn dirty_entries_survive_eviction_until_their_checkpoint_commits() {
-        let (_dir, store) = open();
-        let db = store.db().clone();
+        let (_dir, db) = open();
         let budget = CacheBudget::new(0); // always over budget
         let mut t = StateTable::new(db.clone(), b"S".to_vec(), budget.clone());
         t.put(b"k".to_vec(), b"v1".to_vec());
@@ -357,8 +357,7 @@ mod tests {
 
     #[test]
     fn complete_prefixes_answer_from_the_cache_until_an_eviction() {
-        let (_dir, store) = open();
-        let db = store.db().clone();
+        let (_dir, db) = open();
         db.put(b"Sp1", b"a").expect("put");
         let budget = CacheBudget::new(1 << 20);
         let mut t = StateTable::new(db.clone(), b"S".to_vec(), budget);
