@@ -64,9 +64,31 @@ pub struct TableDef {
     /// the change log for the views and sinks that read it.
     #[serde(default)]
     pub source: bool,
+    /// `WATERMARK FOR col AS expr`: the event-time column and the
+    /// expression of its watermark.
+    #[serde(default)]
+    pub watermark: Option<WatermarkDef>,
+    /// `CREATE TABLE ... APPEND ONLY`: inserts only (no UPDATE or DELETE).
+    #[serde(default)]
+    pub append_only: bool,
+}
+
+/// `WATERMARK FOR column AS expr` (RisingWave's syntax): rows whose
+/// `column` is below the largest `expr` seen so far are late.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WatermarkDef {
+    pub column: String,
+    /// SQL text of the expression over the row (`ts - INTERVAL '5' SECOND`).
+    pub expr: String,
 }
 
 impl TableDef {
+    /// Whether the table only ever receives inserts (a source, or a table
+    /// created APPEND ONLY).
+    pub fn is_append_only(&self) -> bool {
+        self.source || self.append_only
+    }
+
     pub fn arrow_schema(&self) -> SchemaRef {
         Arc::new(Schema::new(
             self.columns
@@ -124,6 +146,10 @@ pub struct MvDef {
     /// A sink (`CREATE SINK`): where its output goes.
     #[serde(default)]
     pub sink: Option<crate::connector::SinkDef>,
+    /// EMIT ON WINDOW CLOSE: windowed aggregates emit each window once,
+    /// when the watermark passes its end.
+    #[serde(default)]
+    pub eowc: bool,
 }
 
 /// A materialized view as the running server knows it.
@@ -394,11 +420,27 @@ impl Catalog {
         connector: Option<crate::connector::ConnectorDef>,
         source: bool,
     ) -> CatalogResult<bool> {
+        self.create_table_full(name, columns, primary_key, if_not_exists, connector, source, None, false).await
+    }
+
+    /// [`Catalog::create_table_with`] with a watermark and APPEND ONLY.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create_table_full(
+        &self,
+        name: String,
+        columns: Vec<ColumnDef>,
+        primary_key: Vec<usize>,
+        if_not_exists: bool,
+        connector: Option<crate::connector::ConnectorDef>,
+        source: bool,
+        watermark: Option<WatermarkDef>,
+        append_only: bool,
+    ) -> CatalogResult<bool> {
         if self.exists(&name) {
             return if if_not_exists { Ok(false) } else { Err(CatalogError::AlreadyExists(name)) };
         }
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
-        let def = TableDef { id, name: name.clone(), columns, primary_key, connector, source };
+        let def = TableDef { id, name: name.clone(), columns, primary_key, connector, source, watermark, append_only };
         let value = serde_json::to_vec(&def).map_err(|e| CatalogError::Corrupt(e.to_string()))?;
         self.store
             .writer()

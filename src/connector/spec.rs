@@ -75,6 +75,9 @@ pub struct SinkDef {
     /// `CREATE SINK ... FROM view`: the view's name.
     #[serde(default)]
     pub from: Option<String>,
+    /// `CREATE SINK ... AS SELECT ... EMIT ON WINDOW CLOSE`.
+    #[serde(default)]
+    pub eowc: bool,
 }
 
 /// Where a source starts reading a partition it has no offset for.

@@ -13,6 +13,7 @@ use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 
 use super::spec::{ConnectorDef, Encode, Format, Include, IncludeKind, SinkDef};
+use crate::catalog::WatermarkDef;
 
 /// A parsed streaming statement.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +26,20 @@ pub enum StreamStatement {
         /// `CREATE TABLE name (columns)` for sqlparser (no connector clauses).
         table_sql: String,
         connector: ConnectorDef,
+        /// `WATERMARK FOR col AS expr` in the column list.
+        watermark: Option<WatermarkDef>,
+        /// `APPEND ONLY` after the column list (tables).
+        append_only: bool,
+    },
+    /// `CREATE TABLE` without a connector but with eddy/RisingWave clauses
+    /// sqlparser does not know (`WATERMARK FOR`, `APPEND ONLY`).
+    CreateTable {
+        if_not_exists: bool,
+        name: String,
+        /// `CREATE TABLE name (columns)` for sqlparser.
+        table_sql: String,
+        watermark: Option<WatermarkDef>,
+        append_only: bool,
     },
     CreateSink {
         if_not_exists: bool,
@@ -56,13 +71,30 @@ pub fn is_stream_statement(tokens: &[Token]) -> bool {
         ("create", "source") | ("create", "sink") | ("drop", "source") | ("drop", "sink") => true,
         ("show", "sources") | ("show", "sinks") => words.len() == 2,
         ("create", "table") => {
-            // A connector option: `connector =` anywhere in the statement.
+            // A connector option (`connector =`), a watermark or APPEND ONLY
+            // anywhere in the statement.
+            let is = |t: &Token, word: &str| matches!(t, Token::Word(w) if w.value.eq_ignore_ascii_case(word));
             words.windows(2).any(|p| {
-                matches!(p[0], Token::Word(w) if w.value.eq_ignore_ascii_case("connector")) && matches!(p[1], Token::Eq)
+                (is(p[0], "connector") && matches!(p[1], Token::Eq))
+                    || (is(p[0], "watermark") && is(p[1], "for"))
+                    || (is(p[0], "append") && is(p[1], "only"))
             })
         }
         _ => false,
     }
+}
+
+/// Where a trailing `EMIT ON WINDOW CLOSE` starts in a statement's
+/// tokens (whitespace included), if it ends with one.
+pub fn emit_on_window_close_at(tokens: &[Token]) -> Option<usize> {
+    let words: Vec<(usize, &Token)> =
+        tokens.iter().enumerate().filter(|(_, t)| !matches!(t, Token::Whitespace(_))).collect();
+    let n = words.len();
+    if n < 4 {
+        return None;
+    }
+    let tail: Vec<String> = words[n - 4..].iter().map(|(_, t)| word_of(t)).collect();
+    (tail == ["emit", "on", "window", "close"]).then(|| words[n - 4].0)
 }
 
 /// Parses one streaming statement's text.
@@ -293,6 +325,15 @@ fn parse_create_source(c: &mut Cursor, table: bool) -> Result<StreamStatement> {
     let name = c.ident()?;
     let name_tokens = c.tokens[name_start..c.pos].to_vec();
     let columns = if c.peek() == Some(&Token::LParen) { c.group()? } else { Vec::new() };
+    let (columns, watermark) = split_watermark(columns)?;
+    let mut append_only = false;
+    if c.eat_word("append") {
+        c.expect_word("only")?;
+        if !table {
+            return Err(SyntaxError("APPEND ONLY is for tables: a source is always append-only".into()));
+        }
+        append_only = true;
+    }
     let mut includes = Vec::new();
     while c.eat_word("include") {
         let kind = match c.word()?.as_str() {
@@ -324,6 +365,17 @@ fn parse_create_source(c: &mut Cursor, table: bool) -> Result<StreamStatement> {
         }
         includes.push(Include { kind, column, varchar });
     }
+    if table && includes.is_empty() && c.peek_word() != "with" {
+        // A plain table with a watermark or APPEND ONLY.
+        if !c.done() {
+            return Err(SyntaxError(format!("syntax error {}", c.near())));
+        }
+        if columns.is_empty() {
+            return Err(SyntaxError("CREATE TABLE needs its columns".into()));
+        }
+        let table_sql = format!("CREATE TABLE {} {}", render(&name_tokens), render(&columns));
+        return Ok(StreamStatement::CreateTable { if_not_exists, name, table_sql, watermark, append_only });
+    }
     c.expect_word("with")?;
     let options = c.options()?;
     let (format, encode, encode_options) = if c.peek_word() == "format" {
@@ -347,11 +399,68 @@ fn parse_create_source(c: &mut Cursor, table: bool) -> Result<StreamStatement> {
         name,
         table_sql,
         connector: ConnectorDef { options, format, encode, encode_options, includes },
+        watermark,
+        append_only,
     })
+}
+
+/// Takes `WATERMARK FOR col AS expr` out of a column list `( ... )`.
+fn split_watermark(group: Vec<Token>) -> Result<(Vec<Token>, Option<WatermarkDef>)> {
+    if group.len() < 2 {
+        return Ok((group, None));
+    }
+    // Top-level items between the outer parentheses.
+    let inner = &group[1..group.len() - 1];
+    let mut items: Vec<&[Token]> = Vec::new();
+    let (mut depth, mut start) = (0i32, 0usize);
+    for (i, t) in inner.iter().enumerate() {
+        match t {
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            Token::Comma if depth == 0 => {
+                items.push(&inner[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    items.push(&inner[start..]);
+    let mut kept: Vec<&[Token]> = Vec::new();
+    let mut watermark = None;
+    for item in items {
+        let mut c = Cursor { tokens: item.to_vec(), pos: 0 };
+        if c.peek_word() == "watermark" && c.tokens.get(1).map(word_of).as_deref() == Some("for") {
+            c.pos = 2;
+            let column = c.ident()?;
+            c.expect_word("as")?;
+            if c.done() {
+                return Err(SyntaxError("WATERMARK FOR needs an expression: WATERMARK FOR ts AS ts - INTERVAL '5' SECOND".into()));
+            }
+            if watermark.is_some() {
+                return Err(SyntaxError("only one WATERMARK FOR is allowed".into()));
+            }
+            watermark = Some(WatermarkDef { column, expr: render(&c.tokens[c.pos..]) });
+        } else {
+            kept.push(item);
+        }
+    }
+    if watermark.is_none() {
+        return Ok((group, None));
+    }
+    let mut out = vec![Token::LParen];
+    for (i, item) in kept.iter().enumerate() {
+        if i > 0 {
+            out.push(Token::Comma);
+        }
+        out.extend(item.iter().cloned());
+    }
+    out.push(Token::RParen);
+    Ok((out, watermark))
 }
 
 fn parse_create_sink(c: &mut Cursor) -> Result<StreamStatement> {
     let if_not_exists = c.if_not_exists()?;
+    let mut eowc = false;
     let name = c.ident()?;
     let (query, from) = if c.eat_word("from") {
         let start = c.pos;
@@ -376,7 +485,14 @@ fn parse_create_sink(c: &mut Cursor) -> Result<StreamStatement> {
             }
         }
         let end = with_at.ok_or_else(|| SyntaxError("CREATE SINK ... AS SELECT needs WITH (connector = ...)".into()))?;
-        let query = render(&c.tokens[start..end]);
+        let query_tokens = &c.tokens[start..end];
+        let query = match emit_on_window_close_at(query_tokens) {
+            Some(at) => {
+                eowc = true;
+                render(&query_tokens[..at])
+            }
+            None => render(query_tokens),
+        };
         c.pos = end;
         (query, None)
     };
@@ -386,7 +502,7 @@ fn parse_create_sink(c: &mut Cursor) -> Result<StreamStatement> {
     if !c.done() {
         return Err(SyntaxError(format!("syntax error {}", c.near())));
     }
-    Ok(StreamStatement::CreateSink { if_not_exists, name, query, sink: SinkDef { options, format, encode, from } })
+    Ok(StreamStatement::CreateSink { if_not_exists, name, query, sink: SinkDef { options, format, encode, from, eowc } })
 }
 
 fn parse_drop(c: &mut Cursor) -> Result<StreamStatement> {
@@ -427,7 +543,7 @@ mod tests {
              scan.startup.timestamp.millis = 10) FORMAT PLAIN ENCODE CSV (delimiter = ';');",
         )
         .unwrap();
-        let StreamStatement::CreateSource { table, if_not_exists, name, table_sql, connector } = s else { panic!() };
+        let StreamStatement::CreateSource { table, if_not_exists, name, table_sql, connector, .. } = s else { panic!() };
         assert!(!table && if_not_exists);
         assert_eq!(name, "s");
         assert_eq!(table_sql, "CREATE TABLE s ( id BIGINT , v VARCHAR )");
@@ -463,10 +579,31 @@ mod tests {
     }
 
     #[test]
+    fn watermarks_and_append_only() {
+        let s = parse(
+            "CREATE SOURCE s (id INT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND) \
+             WITH (connector = 'kafka', topic = 't') FORMAT PLAIN ENCODE JSON",
+        )
+        .unwrap();
+        let StreamStatement::CreateSource { table_sql, watermark, .. } = s else { panic!() };
+        assert_eq!(table_sql, "CREATE TABLE s ( id INT , ts TIMESTAMP )");
+        let w = watermark.unwrap();
+        assert_eq!((w.column.as_str(), w.expr.as_str()), ("ts", "ts - INTERVAL '5' SECOND"));
+        let s = parse("CREATE TABLE t (a INT, WATERMARK FOR ts AS ts, ts TIMESTAMP) APPEND ONLY").unwrap();
+        let StreamStatement::CreateTable { table_sql, watermark, append_only, .. } = s else { panic!() };
+        assert_eq!(table_sql, "CREATE TABLE t ( a INT , ts TIMESTAMP )");
+        assert!(append_only && watermark.is_some());
+        assert!(parse("CREATE SOURCE s (a INT) APPEND ONLY WITH (connector = 'kafka') FORMAT PLAIN ENCODE JSON").is_err());
+        assert!(parse("CREATE TABLE t (ts TIMESTAMP, WATERMARK FOR ts AS) APPEND ONLY").is_err());
+    }
+
+    #[test]
     fn detection() {
         let toks = |s: &str| Tokenizer::new(&PostgreSqlDialect {}, s).tokenize().unwrap();
         assert!(is_stream_statement(&toks("create table t (a int) with (connector = 'kafka') format plain encode json")));
         assert!(!is_stream_statement(&toks("create table t (a int)")));
+        assert!(is_stream_statement(&toks("create table t (a int) append only")));
+        assert!(is_stream_statement(&toks("create table t (ts timestamp, watermark for ts as ts)")));
         assert!(is_stream_statement(&toks("SHOW SINKS")));
         assert!(!is_stream_statement(&toks("SELECT source FROM t")));
     }

@@ -15,7 +15,7 @@ use datafusion::sql::sqlparser::ast::{Expr, Ident, ObjectName, Statement, Value}
 
 use super::mv::{DropKind, plan_query, stream_plan};
 use super::{Engine, EngineError, EngineResult, Output};
-use crate::catalog::{CatalogError, ColumnDef, MvDef, SqlType, Table};
+use crate::catalog::{CatalogError, ColumnDef, MvDef, SqlType, Table, WatermarkDef};
 use crate::connector::kafka::{self, ingest, sink};
 use crate::connector::spec::KafkaOptions;
 use crate::connector::sql::{StreamStatement, parse};
@@ -56,8 +56,12 @@ pub fn carried(stmt: &Statement) -> Option<&str> {
 pub async fn execute(engine: &Engine, sql: &str) -> EngineResult<Output> {
     let stmt = parse(sql).map_err(|e| EngineError::Syntax { message: e.0, position: None })?;
     match stmt {
-        StreamStatement::CreateSource { table, if_not_exists, name, table_sql, connector } => {
-            create_source(engine, table, if_not_exists, name, &table_sql, connector).await
+        StreamStatement::CreateSource { table, if_not_exists, name, table_sql, connector, watermark, append_only } => {
+            let extras = TableExtras { watermark, append_only };
+            create_source(engine, table, if_not_exists, name, &table_sql, connector, extras).await
+        }
+        StreamStatement::CreateTable { if_not_exists, name, table_sql, watermark, append_only } => {
+            create_plain_table(engine, if_not_exists, name, &table_sql, TableExtras { watermark, append_only }).await
         }
         StreamStatement::CreateSink { if_not_exists, name, query, sink } => {
             create_sink(engine, if_not_exists, name, &query, sink).await
@@ -81,6 +85,60 @@ fn include_type(kind: &IncludeKind, varchar: bool) -> SqlType {
     }
 }
 
+/// `WATERMARK FOR` and `APPEND ONLY` of a CREATE SOURCE or TABLE.
+pub struct TableExtras {
+    pub watermark: Option<WatermarkDef>,
+    pub append_only: bool,
+}
+
+impl TableExtras {
+    /// Checks the watermark against the columns; a table with a watermark
+    /// must be APPEND ONLY (late rows are dropped from views, which only
+    /// works for inserts).
+    fn check(&self, columns: &[ColumnDef], source: bool) -> EngineResult<()> {
+        let Some(w) = &self.watermark else { return Ok(()) };
+        if !source && !self.append_only {
+            return Err(EngineError::user(
+                "42P16",
+                "a table with a WATERMARK must be APPEND ONLY: CREATE TABLE t (...) APPEND ONLY",
+            ));
+        }
+        let def = crate::catalog::TableDef {
+            id: 0,
+            name: String::new(),
+            columns: columns.to_vec(),
+            primary_key: Vec::new(),
+            connector: None,
+            source,
+            watermark: Some(w.clone()),
+            append_only: self.append_only,
+        };
+        crate::stream::watermark::compile(&def).map_err(|e| EngineError::user("42P16", e.to_string()))?;
+        Ok(())
+    }
+}
+
+/// `CREATE TABLE ... (..., WATERMARK FOR ...) APPEND ONLY` without a connector.
+async fn create_plain_table(
+    engine: &Engine,
+    if_not_exists: bool,
+    name: String,
+    table_sql: &str,
+    extras: TableExtras,
+) -> EngineResult<Output> {
+    let tag = "CREATE TABLE";
+    let Some(Statement::CreateTable(ct)) = engine.parse_plain(table_sql)?.into_iter().next() else {
+        return Err(EngineError::user("42601", "could not read the column list"));
+    };
+    let (columns, primary_key) = super::ddl::table_columns(&ct, &name)?;
+    extras.check(&columns, false)?;
+    engine
+        .catalog
+        .create_table_full(name, columns, primary_key, if_not_exists, None, false, extras.watermark, extras.append_only)
+        .await?;
+    Ok(Output::Command { tag, rows: None })
+}
+
 async fn create_source(
     engine: &Engine,
     table: bool,
@@ -88,6 +146,7 @@ async fn create_source(
     name: String,
     table_sql: &str,
     connector: ConnectorDef,
+    extras: TableExtras,
 ) -> EngineResult<Output> {
     let tag = if table { "CREATE TABLE" } else { "CREATE SOURCE" };
     let Some(Statement::CreateTable(ct)) = engine.parse_plain(table_sql)?.into_iter().next() else {
@@ -119,6 +178,10 @@ async fn create_source(
     if table && connector.encode == crate::connector::Encode::Csv && connector.format != Format::Plain {
         return Err(EngineError::user("0A000", "ENCODE CSV works with FORMAT PLAIN only"));
     }
+    extras.check(&columns, !table)?;
+    if extras.append_only && connector.format != Format::Plain {
+        return Err(EngineError::user("0A000", "an APPEND ONLY table takes FORMAT PLAIN (UPSERT and DEBEZIUM change rows)"));
+    }
     let opts = KafkaOptions::for_source(&connector.options)?;
     if engine.catalog.exists(&name) {
         if if_not_exists {
@@ -138,7 +201,16 @@ async fn create_source(
     let _ddl = engine.ddl_lock.lock().await;
     let created = engine
         .catalog
-        .create_table_with(name.clone(), columns, primary_key, if_not_exists, Some(connector), !table)
+        .create_table_full(
+            name.clone(),
+            columns,
+            primary_key,
+            if_not_exists,
+            Some(connector),
+            !table,
+            extras.watermark,
+            extras.append_only,
+        )
         .await?;
     if created {
         if let Some(t) = engine.catalog.get(&name) {
@@ -218,7 +290,7 @@ async fn create_sink(engine: &Engine, if_not_exists: bool, name: String, query: 
         return Err(EngineError::user("42601", "CREATE SINK ... AS needs a SELECT"));
     };
     let planned = plan_query(engine, &q, &[]).await?;
-    let sp = stream_plan(engine, &planned)?;
+    let sp = stream_plan(engine, &planned, sink.eowc)?;
     for k in &opts.primary_key {
         if planned.schema.index_of(k).is_err() {
             return Err(EngineError::UndefinedColumn(k.clone()));
@@ -281,6 +353,7 @@ fn sink_def(engine: &Engine, name: String, query: &str, planned: &super::mv::Pla
         depends_on: planned.depends_on.clone(),
         created_seq: 0,
         columns: Vec::new(),
+        eowc: sink.eowc,
         sink: Some(sink),
     }
 }
@@ -300,7 +373,7 @@ async fn create_delta_sink(engine: &Engine, if_not_exists: bool, name: String, q
         return Err(EngineError::user("42601", "CREATE SINK ... AS needs a SELECT"));
     };
     let planned = plan_query(engine, &q, &[]).await?;
-    let sp = stream_plan(engine, &planned)?;
+    let sp = stream_plan(engine, &planned, sink.eowc)?;
     let force = sink.options.get("force_append_only").is_some_and(|v| v.eq_ignore_ascii_case("true"))
         || sink.options.get("type").is_some_and(|v| v.eq_ignore_ascii_case("append-only"));
     if opts.primary_key.is_empty() && !crate::plan::append_only(&sp.root) && !force {
@@ -409,7 +482,7 @@ pub async fn restore_sink(engine: &Engine, def: MvDef) -> EngineResult<()> {
             return Err(EngineError::user("XX001", format!("stored definition of sink {} is not a query", def.name)));
         };
         let planned = plan_query(engine, &q, &[]).await?;
-        let sp = stream_plan(engine, &planned)?;
+        let sp = stream_plan(engine, &planned, sink.eowc)?;
         let schema = sp.schema.clone();
         let def = engine.stream.attach(def, sp, false).await?;
         start_committer(engine, &def, opts, schema)?;
@@ -421,7 +494,7 @@ pub async fn restore_sink(engine: &Engine, def: MvDef) -> EngineResult<()> {
         return Err(EngineError::user("XX001", format!("stored definition of sink {} is not a query", def.name)));
     };
     let planned = plan_query(engine, &q, &[]).await?;
-    let sp = stream_plan(engine, &planned)?;
+    let sp = stream_plan(engine, &planned, sink.eowc)?;
     let def = engine.stream.attach(def, sp, false).await?;
     start_publisher(engine, &def, opts)?;
     engine.catalog.insert_sink(Arc::new(def));

@@ -118,6 +118,12 @@ async fn insert_planned(
             check_conflict_target(&table, oc.conflict_target.as_ref())?;
             match oc.action {
                 OnConflictAction::DoNothing => Conflict::Nothing,
+                OnConflictAction::DoUpdate(_) if table.def.append_only => {
+                    return Err(EngineError::user(
+                        "0A000",
+                        format!("\"{}\" is an APPEND ONLY table: ON CONFLICT DO UPDATE would change rows", table.name()),
+                    ));
+                }
                 OnConflictAction::DoUpdate(du) => {
                     let qualifier = alias.unwrap_or_else(|| table.name().to_string());
                     Conflict::Update(compile_conflict_update(engine, &table, &qualifier, du)?)
@@ -624,9 +630,17 @@ async fn run_select(engine: &Engine, stmt: Statement, params: &ParamValues) -> E
     Ok(df.execute_stream().await?.try_collect().await?)
 }
 
+/// The table an UPDATE or DELETE changes (not an APPEND ONLY one).
 fn key_target(u_or_d: &TableFactor, engine: &Engine) -> EngineResult<Arc<Table>> {
     let (name, _) = target(u_or_d)?;
-    engine.catalog.get(&name).ok_or(EngineError::UndefinedTable(name))
+    let table = engine.catalog.get(&name).ok_or(EngineError::UndefinedTable(name))?;
+    if table.def.append_only {
+        return Err(EngineError::user(
+            "0A000",
+            format!("\"{}\" is an APPEND ONLY table: it takes INSERT and COPY only", table.name()),
+        ));
+    }
+    Ok(table)
 }
 
 pub async fn update(engine: &Engine, u: Update, params: &ParamValues) -> EngineResult<Output> {

@@ -83,6 +83,7 @@ impl EngineError {
             Self::Catalog(CatalogError::Dependents { .. }) => "2BP01",
             Self::Catalog(CatalogError::WrongKind { .. }) => "42809",
             Self::Plan(crate::plan::PlanError::Unsupported(_)) => "0A000",
+            Self::Plan(crate::plan::PlanError::Invalid(_)) => "22023",
             Self::Plan(crate::plan::PlanError::DataFusion(e)) => datafusion_sqlstate(e),
             Self::Stream(crate::stream::StreamError::State(s)) => state_sqlstate(s),
             Self::Stream(crate::stream::StreamError::DataFusion(e)) => datafusion_sqlstate(e),

@@ -133,7 +133,7 @@ impl Engine {
             )?;
         }
         let connectors = Arc::new(crate::connector::kafka::Connectors::default());
-        db_catalog.register_schema(system::SYSTEM_SCHEMA, Arc::new(system::SystemSchema::new(connectors.metrics.clone())))?;
+        db_catalog.register_schema(system::SYSTEM_SCHEMA, Arc::new(system::SystemSchema::new(connectors.metrics.clone()).with_stream(&stream)))?;
         ctx.register_catalog(DATABASE, db_catalog);
         pg::install(&ctx, catalog.clone())?;
         Ok(Self {
@@ -151,7 +151,7 @@ impl Engine {
     /// Parses SQL text (possibly several statements) into statements.
     pub fn parse(&self, sql: &str) -> EngineResult<Vec<Statement>> {
         let lower = sql.to_ascii_lowercase();
-        if ["flush", "source", "sink", "connector"].iter().any(|w| lower.contains(w)) {
+        if ["flush", "source", "sink", "connector", "watermark", "append", "emit"].iter().any(|w| lower.contains(w)) {
             if let Some(stmts) = self.parse_with_flush(sql)? {
                 return Ok(stmts);
             }
@@ -180,7 +180,8 @@ impl Engine {
             matches!(words.as_slice(), [Token::Word(w)] if w.value.eq_ignore_ascii_case("flush"))
         };
         let is_stream = |p: &[Token]| crate::connector::sql::is_stream_statement(p);
-        if !pieces.iter().any(|p| is_flush(p) || is_stream(p)) {
+        let eowc_at = |p: &[Token]| crate::connector::sql::emit_on_window_close_at(p);
+        if !pieces.iter().any(|p| is_flush(p) || is_stream(p) || eowc_at(p).is_some()) {
             return Ok(None);
         }
         let mut out = Vec::new();
@@ -192,6 +193,26 @@ impl Engine {
                 // Syntax errors surface now, like any other statement's.
                 crate::connector::sql::parse(&text).map_err(|e| EngineError::Syntax { message: e.0, position: None })?;
                 out.push(connect::carrier(text.trim()));
+            } else if let Some(at) = eowc_at(&p) {
+                // `CREATE MATERIALIZED VIEW ... EMIT ON WINDOW CLOSE`: the
+                // clause becomes the view option `emit_on_window_close`.
+                let text: String = p[..at].iter().map(|t| t.to_string()).collect();
+                for mut stmt in self.parse_plain(&text)? {
+                    let target = match &mut stmt {
+                        Statement::Explain { statement, .. } => statement.as_mut(),
+                        other => other,
+                    };
+                    match target {
+                        Statement::CreateView(cv) if cv.materialized => mv::set_emit_on_window_close(cv),
+                        _ => {
+                            return Err(EngineError::Syntax {
+                                message: "EMIT ON WINDOW CLOSE belongs to CREATE MATERIALIZED VIEW or CREATE SINK".into(),
+                                position: None,
+                            });
+                        }
+                    }
+                    out.push(stmt);
+                }
             } else if p.iter().any(|t| !matches!(t, Token::Whitespace(_))) {
                 let text: String = p.iter().map(|t| t.to_string()).collect();
                 out.extend(self.parse_plain(&text)?);
@@ -354,7 +375,8 @@ impl Engine {
     }
 
     /// Plans a query through DataFusion.
-    pub async fn plan(&self, stmt: Statement) -> EngineResult<LogicalPlan> {
+    pub async fn plan(&self, mut stmt: Statement) -> EngineResult<LogicalPlan> {
+        crate::plan::window::rewrite(&mut stmt)?;
         let state = self.ctx.state();
         Ok(state.statement_to_plan(DFStatement::Statement(Box::new(stmt))).await?)
     }

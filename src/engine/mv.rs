@@ -55,10 +55,45 @@ pub(crate) async fn plan_query(engine: &Engine, query: &Query, columns: &[String
 }
 
 /// The stream plan of a materialized view's query.
-pub(crate) fn stream_plan(engine: &Engine, planned: &Planned) -> EngineResult<StreamPlan> {
+pub(crate) fn stream_plan(engine: &Engine, planned: &Planned, eowc: bool) -> EngineResult<StreamPlan> {
     plan::check_deterministic(&planned.plan)?;
     let optimized = engine.ctx.state().optimize(&planned.plan)?;
-    Ok(plan::build(&engine.catalog, &optimized, &planned.schema)?)
+    Ok(plan::build(&engine.catalog, &optimized, &planned.schema, eowc)?)
+}
+
+/// The view option `emit_on_window_close`, which `EMIT ON WINDOW CLOSE`
+/// becomes when parsed.
+const EOWC_OPTION: &str = "emit_on_window_close";
+
+/// Marks a CREATE MATERIALIZED VIEW as EMIT ON WINDOW CLOSE.
+pub(crate) fn set_emit_on_window_close(cv: &mut CreateView) {
+    use datafusion::sql::sqlparser::ast::{CreateTableOptions, Ident, SqlOption, Value};
+    let option = SqlOption::KeyValue { key: Ident::new(EOWC_OPTION), value: datafusion::sql::sqlparser::ast::Expr::Value(Value::Boolean(true).into()) };
+    match &mut cv.options {
+        CreateTableOptions::With(list) => list.push(option),
+        other => *other = CreateTableOptions::With(vec![option]),
+    }
+}
+
+/// Whether a CREATE MATERIALIZED VIEW emits on window close; other view
+/// options are refused.
+fn emit_on_window_close(cv: &CreateView) -> EngineResult<bool> {
+    use datafusion::sql::sqlparser::ast::{CreateTableOptions, SqlOption};
+    let list = match &cv.options {
+        CreateTableOptions::None => return Ok(false),
+        CreateTableOptions::With(list) => list,
+        other => return Err(EngineError::Unsupported(format!("view options {other}"))),
+    };
+    let mut eowc = false;
+    for o in list {
+        match o {
+            SqlOption::KeyValue { key, value } if key.value.eq_ignore_ascii_case(EOWC_OPTION) => {
+                eowc = value.to_string().eq_ignore_ascii_case("true");
+            }
+            other => return Err(EngineError::Unsupported(format!("the view option {other}"))),
+        }
+    }
+    Ok(eowc)
 }
 
 /// A view's plan with its column names applied.
@@ -91,6 +126,10 @@ pub async fn create(engine: &Engine, cv: CreateView) -> EngineResult<Output> {
         }
         return Err(CatalogError::AlreadyExists(name).into());
     }
+    let eowc = emit_on_window_close(&cv)?;
+    if eowc && !cv.materialized {
+        return Err(EngineError::Unsupported("EMIT ON WINDOW CLOSE on a view that is not materialized".into()));
+    }
     let planned = plan_query(engine, &cv.query, &column_names(&cv)).await?;
     let def = MvDef {
         id: engine.catalog.allocate_id(),
@@ -100,13 +139,14 @@ pub async fn create(engine: &Engine, cv: CreateView) -> EngineResult<Output> {
         created_seq: 0,
         columns: column_names(&cv),
         sink: None,
+        eowc,
     };
     if !cv.materialized {
         let plan = renamed_plan(&planned)?;
         engine.catalog.create_view(View { def, plan }).await?;
         return Ok(Output::Command { tag, rows: None });
     }
-    let sp = stream_plan(engine, &planned)?;
+    let sp = stream_plan(engine, &planned, eowc)?;
     let schema = sp.schema.clone();
     let def = engine.stream.attach(def, sp, true).await?;
     engine.catalog.insert_mv(Arc::new(MatView { def, schema }));
@@ -147,7 +187,7 @@ async fn restore_one(engine: &Engine, def: MvDef, materialized: bool) -> EngineR
         engine.catalog.insert_view(Arc::new(View { def, plan }));
         return Ok(());
     }
-    let sp = stream_plan(engine, &planned)?;
+    let sp = stream_plan(engine, &planned, def.eowc)?;
     let schema = sp.schema.clone();
     let def = engine.stream.attach(def, sp, false).await?;
     engine.catalog.insert_mv(Arc::new(MatView { def, schema }));
@@ -158,7 +198,7 @@ async fn restore_one(engine: &Engine, def: MvDef, materialized: bool) -> EngineR
 pub async fn explain(engine: &Engine, cv: &CreateView) -> EngineResult<Output> {
     let name = normalize_name(&cv.name)?;
     let planned = plan_query(engine, &cv.query, &column_names(cv)).await?;
-    let sp = stream_plan(engine, &planned)?;
+    let sp = stream_plan(engine, &planned, emit_on_window_close(cv)?)?;
     text_rows("QUERY PLAN", sp.explain(&name))
 }
 

@@ -6,6 +6,8 @@
 //!   source): partition, offset, error.
 //! - `kafka_sinks`: per sink, records sent, the last published epoch and
 //!   the last error.
+//! - `watermarks`: per source or table with a `WATERMARK FOR`, its column,
+//!   the watermark as of the last checkpoint and the rows dropped as late.
 //!
 //! Each read is a snapshot of in-memory counters (they restart at zero
 //! with the server; offsets themselves are durable).
@@ -21,16 +23,23 @@ use datafusion::error::Result;
 use crate::connector::metrics::Metrics;
 
 pub const SYSTEM_SCHEMA: &str = "eddy_catalog";
-const TABLES: &[&str] = &["kafka_source_partitions", "kafka_source_errors", "kafka_sinks"];
+const TABLES: &[&str] = &["kafka_source_partitions", "kafka_source_errors", "kafka_sinks", "watermarks"];
 
 #[derive(Debug)]
 pub struct SystemSchema {
     metrics: Arc<Metrics>,
+    watermarks: Option<crate::stream::watermark::WatermarkStatuses>,
 }
 
 impl SystemSchema {
     pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics }
+        Self { metrics, watermarks: None }
+    }
+
+    /// Also answers `watermarks` from the stream runtime.
+    pub fn with_stream(mut self, stream: &crate::stream::StreamRuntime) -> Self {
+        self.watermarks = Some(stream.watermark_statuses());
+        self
     }
 
     fn build(&self, name: &str) -> Result<Option<RecordBatch>> {
@@ -136,6 +145,28 @@ impl SystemSchema {
                         i64s(sinks.iter().map(|(_, st)| Some(st.records as i64)).collect()),
                         i64s(sinks.iter().map(|(_, st)| Some(st.published_epoch as i64)).collect()),
                         so(sinks.iter().map(|(_, st)| st.last_error.clone()).collect()),
+                    ],
+                )?
+            }
+            "watermarks" => {
+                let list: Vec<crate::stream::watermark::WatermarkStatus> = self
+                    .watermarks
+                    .as_ref()
+                    .map(|w| w.lock().map(|m| m.values().cloned().collect()).unwrap_or_default())
+                    .unwrap_or_default();
+                let schema = Arc::new(Schema::new(vec![
+                    Field::new("name", DataType::Utf8, false),
+                    Field::new("column", DataType::Utf8, false),
+                    Field::new("watermark", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+                    Field::new("late_rows", DataType::Int64, false),
+                ]));
+                RecordBatch::try_new(
+                    schema,
+                    vec![
+                        s(list.iter().map(|w| w.table.clone()).collect()),
+                        s(list.iter().map(|w| w.column.clone()).collect()),
+                        Arc::new(TimestampMicrosecondArray::from(list.iter().map(|w| w.watermark).collect::<Vec<_>>())),
+                        i64s(list.iter().map(|w| Some(w.late_rows as i64)).collect()),
                     ],
                 )?
             }

@@ -23,11 +23,17 @@ use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
 
 use crate::catalog::{Catalog, MatView, Table};
 
+pub mod watermark;
+pub mod window;
+
 /// Why a query cannot be a materialized view.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
     #[error("{0} is not supported in a materialized view")]
     Unsupported(String),
+    /// A window function or watermark written wrongly.
+    #[error("{0}")]
+    Invalid(String),
     #[error("{0}")]
     DataFusion(#[from] datafusion::error::DataFusionError),
 }
@@ -93,8 +99,11 @@ pub enum Op {
     /// Changes of another materialized view.
     MvSource { mv: Arc<MatView> },
     Filter { predicate: PhysExpr },
-    Project { exprs: Vec<PhysExpr> },
-    Aggregate { group: Vec<PhysExpr>, aggs: Vec<AggSpec> },
+    /// `derive[j]`: the input column whose watermark output `j` carries.
+    Project { exprs: Vec<PhysExpr>, derive: Vec<Option<usize>> },
+    /// With `window`, the first group column is the window: its groups
+    /// close when the watermark passes them.
+    Aggregate { group: Vec<PhysExpr>, aggs: Vec<AggSpec>, window: Option<WindowAgg> },
     Join { kind: JoinKind, left_keys: Vec<PhysExpr>, right_keys: Vec<PhysExpr> },
     Union,
     /// Rows `skip .. skip + limit` per partition in `order`; with `rank`, a
@@ -108,6 +117,17 @@ pub enum Op {
     },
 }
 
+/// A GROUP BY whose first group column carries a watermark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowAgg {
+    /// The input column whose watermark the window column derives from.
+    pub input_col: usize,
+    /// EMIT ON WINDOW CLOSE: a group's row is emitted once, when its window
+    /// closes (append-only); otherwise it is updated continuously and its
+    /// state dropped when the window closes.
+    pub emit_on_close: bool,
+}
+
 #[derive(Clone)]
 pub struct PlanNode {
     /// Position in the plan (pre-order); names the operator's state.
@@ -118,6 +138,8 @@ pub struct PlanNode {
     pub inputs: Vec<PlanNode>,
     /// One line for EXPLAIN.
     pub label: String,
+    /// Output columns that carry a watermark.
+    pub watermarks: Vec<usize>,
 }
 
 /// A materialized view's stream plan.
@@ -135,8 +157,9 @@ pub struct StreamPlan {
 /// filters, projections and unions. Everything else may retract.
 pub fn append_only(node: &PlanNode) -> bool {
     match &node.op {
-        Op::TableSource { table, .. } => table.def.source,
+        Op::TableSource { table, .. } => table.def.is_append_only(),
         Op::Filter { .. } | Op::Project { .. } | Op::Union => node.inputs.iter().all(append_only),
+        Op::Aggregate { window: Some(w), .. } => w.emit_on_close,
         _ => false,
     }
 }
@@ -189,6 +212,8 @@ pub fn referenced_relations(plan: &LogicalPlan) -> Vec<String> {
 
 struct Builder<'a> {
     catalog: &'a Catalog,
+    /// EMIT ON WINDOW CLOSE.
+    eowc: bool,
     next_id: u32,
     tables: Vec<u64>,
     mvs: Vec<u64>,
@@ -197,8 +222,8 @@ struct Builder<'a> {
 
 /// Builds the stream plan of an optimized logical plan; `schema` is the
 /// view's output schema (Postgres column names).
-pub fn build(catalog: &Catalog, plan: &LogicalPlan, schema: &Schema) -> PlanResult<StreamPlan> {
-    let mut b = Builder { catalog, next_id: 0, tables: Vec::new(), mvs: Vec::new(), props: ExecutionProps::new() };
+pub fn build(catalog: &Catalog, plan: &LogicalPlan, schema: &Schema, eowc: bool) -> PlanResult<StreamPlan> {
+    let mut b = Builder { catalog, eowc, next_id: 0, tables: Vec::new(), mvs: Vec::new(), props: ExecutionProps::new() };
     let root = b.node(plan, None)?;
     let schema = nullable(schema);
     if root.schema.fields().len() != schema.fields().len() {
@@ -208,6 +233,11 @@ pub fn build(catalog: &Catalog, plan: &LogicalPlan, schema: &Schema) -> PlanResu
     }
     if b.tables.is_empty() && b.mvs.is_empty() {
         return unsupported("a query that reads no table");
+    }
+    if eowc && !has_window_aggregate(&root) {
+        return unsupported(
+            "EMIT ON WINDOW CLOSE without a GROUP BY over a window column with a watermark (for example GROUP BY window_start over TUMBLE(source, ts, ...), where ts has a WATERMARK)",
+        );
     }
     Ok(StreamPlan { root, schema, tables: b.tables, mvs: b.mvs })
 }
@@ -227,7 +257,7 @@ impl Builder<'_> {
     }
 
     fn leaf(&mut self, op: Op, schema: SchemaRef, label: String) -> PlanNode {
-        PlanNode { id: self.id(), op, schema, inputs: Vec::new(), label }
+        PlanNode { id: self.id(), op, schema, inputs: Vec::new(), label, watermarks: Vec::new() }
     }
 
     fn node(&mut self, plan: &LogicalPlan, hint: RankHint) -> PlanResult<PlanNode> {
@@ -245,12 +275,14 @@ impl Builder<'_> {
                 let group = (0..in_schema.fields().len())
                     .map(|i| self.phys(&Expr::Column(in_schema.columns()[i].clone()), in_schema))
                     .collect::<PlanResult<Vec<_>>>()?;
+                let watermarks = child.watermarks.clone();
                 Ok(PlanNode {
                     id,
-                    op: Op::Aggregate { group, aggs: Vec::new() },
+                    op: Op::Aggregate { group, aggs: Vec::new(), window: None },
                     schema,
                     inputs: vec![child],
                     label: "Distinct: state=count per row".into(),
+                    watermarks,
                 })
             }
             LogicalPlan::Distinct(Distinct::On(_)) => unsupported("DISTINCT ON"),
@@ -259,7 +291,12 @@ impl Builder<'_> {
                 let id = self.id();
                 let inputs =
                     u.inputs.iter().map(|i| self.node(i, None)).collect::<PlanResult<Vec<_>>>()?;
-                Ok(PlanNode { id, op: Op::Union, schema, inputs, label: "Union All: state=none".into() })
+                // A column has a watermark when it has one in every input.
+                let watermarks = inputs
+                    .first()
+                    .map(|f| f.watermarks.iter().copied().filter(|c| inputs.iter().all(|i| i.watermarks.contains(c))).collect())
+                    .unwrap_or_default();
+                Ok(PlanNode { id, op: Op::Union, schema, inputs, label: "Union All: state=none".into(), watermarks })
             }
             LogicalPlan::Sort(s) => self.sort(s, 0, s.fetch, schema, hint),
             LogicalPlan::Limit(l) => self.limit(l, schema),
@@ -286,8 +323,20 @@ impl Builder<'_> {
             }
             let cols: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
             let (kind, emits) = if table.def.source { ("SourceRead", "append-only") } else { ("TableSource", "retracting") };
-            let label = format!("{kind}: {}={name}, columns=[{}], emits={emits}", if table.def.source { "source" } else { "table" }, cols.join(", "));
-            return Ok(self.leaf(Op::TableSource { table, projection: scan.projection.clone() }, schema, label));
+            let wm_col = table.def.watermark.as_ref().and_then(|w| table.def.column_index(&w.column));
+            let watermarks: Vec<usize> = match (wm_col, &scan.projection) {
+                (Some(c), Some(p)) => p.iter().position(|&i| i == c).into_iter().collect(),
+                (Some(c), None) => vec![c],
+                (None, _) => Vec::new(),
+            };
+            let emits = if table.def.append_only { "append-only" } else { emits };
+            let mut label = format!("{kind}: {}={name}, columns=[{}], emits={emits}", if table.def.source { "source" } else { "table" }, cols.join(", "));
+            if let Some(w) = &table.def.watermark {
+                label.push_str(&format!(", watermark={} AS {}", w.column, w.expr));
+            }
+            let mut node = self.leaf(Op::TableSource { table, projection: scan.projection.clone() }, schema, label);
+            node.watermarks = watermarks;
+            return Ok(node);
         }
         if let Some(mv) = self.catalog.get_mv(name) {
             if !self.mvs.contains(&mv.def.id) {
@@ -309,12 +358,14 @@ impl Builder<'_> {
                         Arc::new(datafusion::physical_expr::expressions::Column::new(full.field(i).name(), i))
                     })
                     .collect();
+                let derive = vec![None; projection.len()];
                 return Ok(PlanNode {
                     id,
-                    op: Op::Project { exprs },
+                    op: Op::Project { exprs, derive },
                     schema,
                     inputs: vec![src],
                     label: "Project: columns of the view".into(),
+                    watermarks: Vec::new(),
                 });
             }
             let label = format!("MvSource: view={name}, emits=retracting");
@@ -335,11 +386,14 @@ impl Builder<'_> {
         });
         let child = self.node(&p.input, child_hint)?;
         let exprs = p.expr.iter().map(|e| self.phys(e, p.input.schema())).collect::<PlanResult<Vec<_>>>()?;
+        let derive: Vec<Option<usize>> =
+            p.expr.iter().map(|e| watermark::monotone_input(e, p.input.schema(), &child.watermarks)).collect();
+        let watermarks: Vec<usize> = derive.iter().enumerate().filter(|(_, d)| d.is_some()).map(|(i, _)| i).collect();
         let label = format!(
             "Project: [{}], state=none",
             p.expr.iter().map(|e| e.schema_name().to_string()).collect::<Vec<_>>().join(", ")
         );
-        Ok(PlanNode { id, op: Op::Project { exprs }, schema, inputs: vec![child], label })
+        Ok(PlanNode { id, op: Op::Project { exprs, derive }, schema, inputs: vec![child], label, watermarks })
     }
 
     fn filter(&mut self, f: &Filter, schema: SchemaRef) -> PlanResult<PlanNode> {
@@ -348,7 +402,8 @@ impl Builder<'_> {
         let child = self.node(&f.input, hint)?;
         let predicate = self.phys(&f.predicate, f.input.schema())?;
         let label = format!("Filter: {}, state=none", f.predicate);
-        Ok(PlanNode { id, op: Op::Filter { predicate }, schema, inputs: vec![child], label })
+        let watermarks = child.watermarks.clone();
+        Ok(PlanNode { id, op: Op::Filter { predicate }, schema, inputs: vec![child], label, watermarks })
     }
 
     fn aggregate(&mut self, a: &Aggregate, schema: SchemaRef) -> PlanResult<PlanNode> {
@@ -367,6 +422,15 @@ impl Builder<'_> {
             let output_type = a.schema.field(a.group_expr.len() + i).data_type().clone();
             aggs.push(self.agg_spec(e, in_schema, output_type)?);
         }
+        // Group columns carrying a watermark; the first is the window.
+        let derived: Vec<Option<usize>> =
+            a.group_expr.iter().map(|g| watermark::monotone_input(g, in_schema, &child.watermarks)).collect();
+        let window_at = derived.iter().position(Option::is_some);
+        if self.eowc && window_at.is_none() {
+            return unsupported(
+                "EMIT ON WINDOW CLOSE without a GROUP BY column that carries a watermark (GROUP BY window_start over TUMBLE or HOP of a source or table with WATERMARK FOR)",
+            );
+        }
         let keys = a.group_expr.iter().map(|g| g.schema_name().to_string()).collect::<Vec<_>>().join(", ");
         let labels = aggs.iter().map(|s| s.label.clone()).collect::<Vec<_>>().join(", ");
         let state = if aggs.iter().any(|s| matches!(s.kind, AggKind::Min | AggKind::Max | AggKind::CountDistinct)) {
@@ -374,8 +438,61 @@ impl Builder<'_> {
         } else {
             "accumulators per group"
         };
-        let label = format!("Aggregate: group=[{keys}], aggs=[{labels}], state={state}, emits=retracting");
-        Ok(PlanNode { id, op: Op::Aggregate { group, aggs }, schema, inputs: vec![child], label })
+        let Some(w) = window_at else {
+            let label = format!("Aggregate: group=[{keys}], aggs=[{labels}], state={state}, emits=retracting");
+            return Ok(PlanNode {
+                id,
+                op: Op::Aggregate { group, aggs, window: None },
+                schema,
+                inputs: vec![child],
+                label,
+                watermarks: Vec::new(),
+            });
+        };
+        let window = WindowAgg { input_col: derived[w].unwrap_or_default(), emit_on_close: self.eowc };
+        let emits = if self.eowc {
+            "append-only, each window once when the watermark passes it (EMIT ON WINDOW CLOSE)"
+        } else {
+            "retracting; a window's state is dropped when the watermark passes it"
+        };
+        let label = format!(
+            "Aggregate: group=[{keys}], aggs=[{labels}], window={}, state={state} of open windows, emits={emits}",
+            a.group_expr[w].schema_name()
+        );
+        // The window column goes first in the group key, so that closed
+        // windows are a key range of the state.
+        let mut order: Vec<usize> = vec![w];
+        order.extend((0..group.len()).filter(|&i| i != w));
+        order.extend(group.len()..schema.fields().len());
+        let group: Vec<PhysExpr> = order.iter().take(group.len()).map(|&i| group[i].clone()).collect();
+        let agg_schema = Arc::new(Schema::new(order.iter().map(|&i| schema.field(i).clone()).collect::<Vec<Field>>()));
+        let node = PlanNode {
+            id,
+            op: Op::Aggregate { group, aggs, window: Some(window) },
+            schema: agg_schema.clone(),
+            inputs: vec![child],
+            label,
+            watermarks: vec![0],
+        };
+        if w == 0 {
+            return Ok(node);
+        }
+        // Back to the query's column order.
+        let exprs: Vec<PhysExpr> = (0..schema.fields().len())
+            .map(|i| -> PhysExpr {
+                let from = order.iter().position(|&o| o == i).unwrap_or(i);
+                Arc::new(datafusion::physical_expr::expressions::Column::new(agg_schema.field(from).name(), from))
+            })
+            .collect();
+        let derive = (0..schema.fields().len()).map(|i| (i == w).then_some(0)).collect();
+        Ok(PlanNode {
+            id: self.id(),
+            op: Op::Project { exprs, derive },
+            schema,
+            inputs: vec![node],
+            label: "Project: group columns in query order, state=none".into(),
+            watermarks: vec![w],
+        })
     }
 
     fn agg_spec(&self, e: &Expr, in_schema: &DFSchema, output_type: DataType) -> PlanResult<AggSpec> {
@@ -453,6 +570,7 @@ impl Builder<'_> {
             schema: schema.clone(),
             inputs: vec![left, right],
             label,
+            watermarks: Vec::new(),
         };
         match (&j.filter, filter_id) {
             (Some(f), Some(fid)) => {
@@ -463,6 +581,7 @@ impl Builder<'_> {
                     schema,
                     inputs: vec![node],
                     label: format!("Filter: {f} (join condition), state=none"),
+                    watermarks: Vec::new(),
                 })
             }
             _ => Ok(node),
@@ -520,6 +639,7 @@ impl Builder<'_> {
             schema,
             inputs: vec![child],
             label,
+            watermarks: Vec::new(),
         })
     }
 
@@ -562,8 +682,14 @@ impl Builder<'_> {
             schema,
             inputs: vec![child],
             label,
+            watermarks: Vec::new(),
         })
     }
+}
+
+/// Whether a plan has a GROUP BY over a window column.
+fn has_window_aggregate(node: &PlanNode) -> bool {
+    matches!(node.op, Op::Aggregate { window: Some(_), .. }) || node.inputs.iter().any(has_window_aggregate)
 }
 
 /// A bound `col <= N`, `col < N` or `col = 1` among a filter's conjuncts.

@@ -15,6 +15,7 @@ pub mod ops;
 pub mod rows;
 pub mod runtime;
 pub mod state;
+pub mod watermark;
 
 use datafusion::arrow::array::{Array, Int64Array, RecordBatch};
 use datafusion::arrow::compute::filter_record_batch;
@@ -83,6 +84,16 @@ pub enum Message {
     Data(Changes),
     /// The end of epoch `n`: everything before it belongs to that epoch.
     Barrier(u64),
+    /// No row with a smaller value in this column will follow.
+    Watermark(Watermark),
+}
+
+/// A watermark: column `col` of the edge's rows will not go below `value`
+/// any more (see [`crate::plan::watermark`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Watermark {
+    pub col: usize,
+    pub value: datafusion::common::ScalarValue,
 }
 
 /// A state write handed to the checkpoint: the full key and the new value

@@ -37,7 +37,8 @@ use tokio::time::Instant;
 use super::ops::{self, OpContext, Out, SourceInput, materialize::MaterializeOp};
 use super::rows::{RowCodec, decode_count};
 use super::state::CacheBudget;
-use super::{Ack, Changes, Message, StateWrite, StreamError, StreamResult};
+use super::watermark::{SourceWatermark, WATERMARK_PREFIX, WatermarkStatus, WatermarkStatuses};
+use super::{Ack, Changes, Message, StateWrite, StreamError, StreamResult, Watermark};
 use crate::catalog::{Catalog, MvDef, Table};
 use crate::plan::StreamPlan;
 use crate::state::keys::{self, prefix_end};
@@ -91,6 +92,7 @@ pub struct StreamRuntime {
     writer: WriterHandle,
     failures: Arc<Mutex<HashMap<u64, FailureSlot>>>,
     epochs: watch::Receiver<u64>,
+    watermarks: WatermarkStatuses,
 }
 
 impl StreamRuntime {
@@ -104,7 +106,10 @@ impl StreamRuntime {
         let budget = CacheBudget::new(config.state_cache_bytes);
         budget.committed_epoch.store(checkpoint.epoch, std::sync::atomic::Ordering::SeqCst);
         let (epoch_tx, epochs) = watch::channel(checkpoint.epoch);
+        let watermarks = WatermarkStatuses::default();
         let coordinator = Coordinator {
+            watermarks: HashMap::new(),
+            watermark_status: watermarks.clone(),
             epoch_tx,
             db: store.db().clone(),
             writer: store.writer().clone(),
@@ -124,7 +129,7 @@ impl StreamRuntime {
             epoch_changes: 0,
         };
         tokio::spawn(coordinator.run(cmd_rx));
-        Ok(Self { cmd, writer: store.writer().clone(), failures, epochs })
+        Ok(Self { cmd, writer: store.writer().clone(), failures, epochs, watermarks })
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> StreamResult<T> {
@@ -165,6 +170,11 @@ impl StreamRuntime {
     /// The last durable checkpoint's epoch (sinks publish up to it).
     pub fn committed_epoch(&self) -> watch::Receiver<u64> {
         self.epochs.clone()
+    }
+
+    /// Every table's watermark and late-row count (for `eddy_catalog.watermarks`).
+    pub fn watermark_statuses(&self) -> WatermarkStatuses {
+        self.watermarks.clone()
     }
 
     /// Why a view stopped changing, if it did.
@@ -209,6 +219,9 @@ struct Coordinator {
     started: bool,
     /// Changes dispatched since the last checkpoint.
     epoch_changes: usize,
+    /// Watermarks of the tables views read, by table id.
+    watermarks: HashMap<u64, SourceWatermark>,
+    watermark_status: WatermarkStatuses,
 }
 
 impl Coordinator {
@@ -374,7 +387,78 @@ impl Coordinator {
             .map(|t| t.table.clone())
     }
 
-    async fn send_table(&self, table_id: u64, batch: RecordBatch, weights: Vec<i64>, seqs: Vec<u64>) -> StreamResult<()> {
+    async fn send_table(&mut self, table_id: u64, batch: RecordBatch, weights: Vec<i64>, seqs: Vec<u64>) -> StreamResult<()> {
+        let (batch, weights, seqs, advanced) = match self.watermarks.get_mut(&table_id) {
+            None => (batch, weights, seqs, None),
+            Some(wm) => match wm.on_time(&batch)? {
+                None => {
+                    let advanced = wm.advance(&batch)?;
+                    (batch, weights, seqs, advanced)
+                }
+                Some(mask) => {
+                    let kept = datafusion::arrow::compute::filter_record_batch(&batch, &mask)?;
+                    let keep = |i: usize| mask.value(i);
+                    let weights = weights.into_iter().enumerate().filter(|(i, _)| keep(*i)).map(|(_, w)| w).collect();
+                    let seqs = seqs.into_iter().enumerate().filter(|(i, _)| keep(*i)).map(|(_, s)| s).collect();
+                    let advanced = wm.advance(&kept)?;
+                    (kept, weights, seqs, advanced)
+                }
+            },
+        };
+        self.send_rows(table_id, batch, weights, seqs).await?;
+        if let Some(value) = advanced {
+            self.send_watermark(table_id, &value, None).await;
+        }
+        Ok(())
+    }
+
+    /// Sends a table's watermark to the views reading it (or to one view).
+    async fn send_watermark(&self, table_id: u64, value: &datafusion::common::ScalarValue, only: Option<u64>) {
+        let Some(col) = self.watermarks.get(&table_id).map(|w| w.col) else { return };
+        for (id, g) in &self.graphs {
+            if only.is_some_and(|o| o != *id) {
+                continue;
+            }
+            for input in g.table_inputs.iter().filter(|t| t.table.id() == table_id) {
+                let position = match &input.projection {
+                    Some(p) => p.iter().position(|&c| c == col),
+                    None => Some(col),
+                };
+                if let Some(col) = position {
+                    let _ = input.tx.send(Message::Watermark(Watermark { col, value: value.clone() })).await;
+                }
+            }
+        }
+    }
+
+    /// Starts tracking a table's watermark (from its checkpointed value).
+    fn track_watermark(&mut self, table: &Table) -> StreamResult<()> {
+        if self.watermarks.contains_key(&table.id()) || table.def.watermark.is_none() {
+            return Ok(());
+        }
+        let stored = self
+            .db
+            .get(keys::meta_key(WATERMARK_PREFIX, table.id()))
+            .map_err(StateError::from)?
+            .and_then(|v| v.get(..8).and_then(|b| b.try_into().ok()).map(i64::from_be_bytes));
+        if let Some(wm) = SourceWatermark::new(table, stored)? {
+            if let Ok(mut status) = self.watermark_status.lock() {
+                status.insert(
+                    table.id(),
+                    WatermarkStatus {
+                        table: table.name().to_string(),
+                        column: table.def.watermark.as_ref().map(|w| w.column.clone()).unwrap_or_default(),
+                        watermark: wm.micros(),
+                        late_rows: 0,
+                    },
+                );
+            }
+            self.watermarks.insert(table.id(), wm);
+        }
+        Ok(())
+    }
+
+    async fn send_rows(&self, table_id: u64, batch: RecordBatch, weights: Vec<i64>, seqs: Vec<u64>) -> StreamResult<()> {
         let weights = Int64Array::from(weights);
         for g in self.graphs.values() {
             for input in g.table_inputs.iter().filter(|t| t.table.id() == table_id) {
@@ -423,6 +507,22 @@ impl Coordinator {
         // A view reading a failed view would go on with stale input: fail it too.
         for mv_id in failed {
             self.fail_dependents(mv_id, &mut writes);
+        }
+        for (id, wm) in &mut self.watermarks {
+            if wm.dirty {
+                if let Some(v) = wm.encoded() {
+                    writes.push((keys::meta_key(WATERMARK_PREFIX, *id), Some(v)));
+                }
+                wm.dirty = false;
+            }
+        }
+        if let Ok(mut status) = self.watermark_status.lock() {
+            for (id, wm) in &self.watermarks {
+                if let Some(s) = status.get_mut(id) {
+                    s.watermark = wm.micros();
+                    s.late_rows = wm.late_rows;
+                }
+            }
         }
         let seq = self.read_seq;
         let record = Checkpoint { epoch, seq }.encode();
@@ -583,6 +683,17 @@ impl Coordinator {
             }
         }
         let id = def.id;
+        let watermarked: Vec<Arc<Table>> = table_inputs
+            .iter()
+            .filter(|t: &&TableInput| t.table.def.watermark.is_some())
+            .map(|t| t.table.clone())
+            .collect();
+        for t in &watermarked {
+            if let Err(e) = self.track_watermark(t) {
+                self.remove_graph_links(id, &upstream);
+                return Err(e);
+            }
+        }
         if create {
             let db = self.db.clone();
             let read_seq = self.read_seq;
@@ -598,6 +709,12 @@ impl Coordinator {
             }
         }
         self.graphs.insert(id, Graph { def: def.clone(), tables, table_inputs, upstream: upstream.clone(), subscribers });
+        // The new view starts from its tables' current watermarks.
+        for t in &watermarked {
+            if let Some(value) = self.watermarks.get(&t.id()).and_then(|w| w.current.clone()) {
+                self.send_watermark(t.id(), &value, Some(id)).await;
+            }
+        }
         if create {
             let entry = serde_json::to_vec(&def).map_err(|e| StreamError::Corrupt(e.to_string()))?;
             let prefix = if def.sink.is_some() { keys::META_SINK_PREFIX } else { keys::META_MV_PREFIX };

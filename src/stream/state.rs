@@ -249,6 +249,26 @@ impl StateTable {
         Ok(out)
     }
 
+    /// Keys stored as of the last checkpoint in `[from, to)` (relative to
+    /// the table's prefix), bypassing the cache: for operators that keep
+    /// their own cache over the same keys.
+    pub fn committed_keys(&self, from: &[u8], to: &[u8]) -> StreamResult<Vec<Vec<u8>>> {
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_iterate_upper_bound(self.full_key(to));
+        let mut it = self.db.raw_iterator_opt(opts);
+        it.seek(self.full_key(from));
+        let plen = self.prefix.len();
+        let mut out = Vec::new();
+        while it.valid() {
+            if let Some(k) = it.key() {
+                out.push(k[plen..].to_vec());
+            }
+            it.next();
+        }
+        it.status().map_err(StateError::from)?;
+        Ok(out)
+    }
+
     /// Hands this epoch's writes to the checkpoint and marks them clean.
     pub fn take_dirty(&mut self, epoch: u64) -> Vec<StateWrite> {
         let mut writes = Vec::with_capacity(self.dirty.len());

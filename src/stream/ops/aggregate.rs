@@ -23,6 +23,13 @@
 //! the new one (+1) when they differ. A global aggregate (no GROUP BY)
 //! always has exactly one row, emitted at the first barrier if no input
 //! came.
+//!
+//! **Windows**: when the first group column is a window with a watermark
+//! ([`crate::plan::WindowAgg`]), the group keys sort by window first, so
+//! the groups of windows the watermark has passed are a key range. At each
+//! barrier those groups are closed: with EMIT ON WINDOW CLOSE their final
+//! row is emitted (once, append-only; nothing is emitted before), and in
+//! both modes their state is deleted, so state holds open windows only.
 
 use std::collections::HashMap;
 
@@ -37,10 +44,10 @@ use datafusion::arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64T
 use datafusion::common::ScalarValue;
 
 use super::Operator;
-use crate::plan::{AggKind, AggSpec, PhysExpr};
+use crate::plan::{AggKind, AggSpec, PhysExpr, WindowAgg};
 use crate::stream::rows::{RowCodec, decode_count, encode_count, push_len_prefixed};
 use crate::stream::state::StateTable;
-use crate::stream::{Changes, StateWrite, StreamError, StreamResult};
+use crate::stream::{Changes, StateWrite, StreamError, StreamResult, Watermark};
 
 const GROUP_TAG: u8 = 0;
 const MULTISET_TAG: u8 = 1;
@@ -142,6 +149,22 @@ pub struct AggregateOp {
     global_checked: bool,
     /// This epoch's input, pre-aggregated per group, not yet applied.
     pending: Pending,
+    window: Option<WindowState>,
+}
+
+/// A windowed GROUP BY's watermark bookkeeping.
+struct WindowState {
+    spec: WindowAgg,
+    /// The aggregate's input schema (to derive the window's watermark).
+    input: SchemaRef,
+    /// Encodes a window value as the first column of a group key.
+    codec: RowCodec,
+    /// Windows below this value close at the next barrier.
+    watermark: Option<ScalarValue>,
+    /// Encoded bound below which every group is closed already.
+    closed_below: Option<Vec<u8>>,
+    /// Passed on after the barrier that closed the windows.
+    emit: Option<Watermark>,
 }
 
 /// Input deltas accumulated since the last flush: group → index.
@@ -158,7 +181,13 @@ struct Pending {
 const MAX_PENDING_GROUPS: usize = 65_536;
 
 impl AggregateOp {
-    pub fn new(group: Vec<PhysExpr>, aggs: Vec<AggSpec>, schema: SchemaRef, state: StateTable) -> StreamResult<Self> {
+    pub fn new(
+        group: Vec<PhysExpr>,
+        aggs: Vec<AggSpec>,
+        schema: SchemaRef,
+        state: StateTable,
+        window: Option<(WindowAgg, SchemaRef)>,
+    ) -> StreamResult<Self> {
         let group_types: Vec<DataType> =
             schema.fields().iter().take(group.len()).map(|f| f.data_type().clone()).collect();
         let group_codec = RowCodec::new(&group_types)?;
@@ -176,7 +205,19 @@ impl AggregateOp {
                 _ => Ok(None),
             })
             .collect::<StreamResult<Vec<_>>>()?;
+        let window = match (window, schema.fields().first()) {
+            (Some((spec, input)), Some(f)) => Some(WindowState {
+                spec,
+                input,
+                codec: RowCodec::new(std::slice::from_ref(f.data_type()))?,
+                watermark: None,
+                closed_below: None,
+                emit: None,
+            }),
+            _ => None,
+        };
         Ok(Self {
+            window,
             group,
             aggs,
             schema,
@@ -575,6 +616,9 @@ impl Operator for AggregateOp {
         if self.pending.order.len() >= MAX_PENDING_GROUPS {
             self.flush_pending(&mut out)?;
         }
+        if self.emits_on_close() {
+            return Ok(Vec::new());
+        }
         self.build(out)
     }
 
@@ -582,6 +626,10 @@ impl Operator for AggregateOp {
         let mut out = Emitted::default();
         self.ensure_global(&mut out)?;
         self.flush_pending(&mut out)?;
+        if self.emits_on_close() {
+            out = Emitted::default();
+        }
+        self.close_windows(&mut out)?;
         let changes = self.build(out)?;
         let mut writes = self.state.take_dirty(epoch);
         for group in std::mem::take(&mut self.dirty) {
@@ -594,8 +642,99 @@ impl Operator for AggregateOp {
                 }
             }
         }
+        self.forget_closed();
         self.evict_if_needed();
         Ok((changes, writes))
+    }
+
+    fn watermark(&mut self, _input: usize, wm: &Watermark) -> StreamResult<Vec<Watermark>> {
+        let Some(w) = &mut self.window else { return Ok(Vec::new()) };
+        if wm.col != w.spec.input_col {
+            return Ok(Vec::new());
+        }
+        if let Some(v) = crate::plan::watermark::derive(&self.group[0], &w.input, wm.col, &wm.value) {
+            if w.watermark.as_ref().is_none_or(|cur| v > *cur) {
+                w.watermark = Some(v);
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    fn take_watermarks(&mut self) -> Vec<Watermark> {
+        self.window.as_mut().and_then(|w| w.emit.take()).into_iter().collect()
+    }
+}
+
+impl AggregateOp {
+    fn emits_on_close(&self) -> bool {
+        self.window.as_ref().is_some_and(|w| w.spec.emit_on_close)
+    }
+
+    /// Closes the groups of every window below the watermark: emits their
+    /// final rows (EMIT ON WINDOW CLOSE) and deletes their state.
+    fn close_windows(&mut self, out: &mut Emitted) -> StreamResult<()> {
+        let Some(w) = &self.window else { return Ok(()) };
+        let Some(value) = w.watermark.clone() else { return Ok(()) };
+        let bound = {
+            let encoded = w.codec.encode(&[value.to_array()?], 1)?;
+            encoded.row(0).to_vec()
+        };
+        if w.closed_below.as_ref().is_some_and(|c| *c >= bound) {
+            return Ok(());
+        }
+        let from = w.closed_below.clone().unwrap_or_default();
+        let emit = w.spec.emit_on_close;
+        // Closing groups: committed ones and ones only in the cache.
+        let mut closing: std::collections::BTreeSet<Vec<u8>> = self
+            .state
+            .committed_keys(&Self::group_key(&from), &Self::group_key(&bound))?
+            .into_iter()
+            .map(|k| k[1..].to_vec())
+            .collect();
+        closing.extend(
+            self.groups.keys().filter(|k| k.as_slice() >= from.as_slice() && k.as_slice() < bound.as_slice()).cloned(),
+        );
+        for group in closing {
+            let Some(state) = self.load(&group)? else { continue };
+            if emit && state.rows > 0 {
+                out.push(group.clone(), state, 1);
+            }
+            self.store(&group, None);
+            for (j, spec) in self.aggs.iter().enumerate() {
+                if matches!(spec.kind, AggKind::Min | AggKind::Max | AggKind::CountDistinct) {
+                    let prefix = Self::multiset_prefix(j, &group);
+                    for (k, _) in self.state.scan_prefix(&prefix, usize::MAX)? {
+                        self.state.delete(k);
+                    }
+                }
+            }
+        }
+        if let Some(w) = &mut self.window {
+            w.closed_below = Some(bound);
+            w.emit = Some(Watermark { col: 0, value });
+        }
+        Ok(())
+    }
+
+    /// Drops closed groups from the cache once their deletion is on its way
+    /// to the checkpoint (they never come back: later rows are late).
+    fn forget_closed(&mut self) {
+        let Some(bound) = self.window.as_ref().and_then(|w| w.closed_below.clone()) else { return };
+        let n_aggs = self.aggs.len();
+        let mut freed = 0usize;
+        self.groups.retain(|k, slot| {
+            if k.as_slice() < bound.as_slice() && !slot.dirty && slot.state.is_none() {
+                freed += slot_size(k, n_aggs);
+                return false;
+            }
+            true
+        });
+        self.bytes = self.bytes.saturating_sub(freed);
+        let budget = self.state.budget().clone();
+        budget.used_bytes.fetch_sub(
+            freed.min(budget.used_bytes.load(std::sync::atomic::Ordering::Relaxed)),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 }
 

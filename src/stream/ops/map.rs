@@ -1,13 +1,18 @@
 //! Stateless operators: filter, project and union. They work on the batch
 //! as it is, columnar, with DataFusion's physical expressions; the weights
-//! ride along unchanged.
+//! ride along unchanged. Watermarks pass through a filter as they are,
+//! through a projection into the columns derived from the watermarked one
+//! ([`crate::plan::watermark`]), and through a union as the smallest over
+//! its inputs.
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 
+use datafusion::common::ScalarValue;
+
 use super::Operator;
 use crate::plan::PhysExpr;
-use crate::stream::{Changes, StreamError, StreamResult};
+use crate::stream::{Changes, StreamError, StreamResult, Watermark};
 
 pub struct FilterOp {
     predicate: PhysExpr,
@@ -28,16 +33,23 @@ impl Operator for FilterOp {
         }
         Ok(vec![changes.filter(mask.as_boolean())?])
     }
+
+    fn watermark(&mut self, _input: usize, wm: &Watermark) -> StreamResult<Vec<Watermark>> {
+        Ok(vec![wm.clone()])
+    }
 }
 
 pub struct ProjectOp {
     exprs: Vec<PhysExpr>,
     schema: SchemaRef,
+    /// Per output column: the input column whose watermark it carries.
+    derive: Vec<Option<usize>>,
+    input: SchemaRef,
 }
 
 impl ProjectOp {
-    pub fn new(exprs: Vec<PhysExpr>, schema: SchemaRef) -> Self {
-        Self { exprs, schema }
+    pub fn new(exprs: Vec<PhysExpr>, schema: SchemaRef, derive: Vec<Option<usize>>, input: SchemaRef) -> Self {
+        Self { exprs, schema, derive, input }
     }
 }
 
@@ -53,15 +65,32 @@ impl Operator for ProjectOp {
         let batch = RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)?;
         Ok(vec![Changes::new(batch, changes.weights)])
     }
+
+    fn watermark(&mut self, _input: usize, wm: &Watermark) -> StreamResult<Vec<Watermark>> {
+        let mut out = Vec::new();
+        for (j, d) in self.derive.iter().enumerate() {
+            if *d != Some(wm.col) {
+                continue;
+            }
+            if let Some(value) = crate::plan::watermark::derive(&self.exprs[j], &self.input, wm.col, &wm.value) {
+                out.push(Watermark { col: j, value });
+            }
+        }
+        Ok(out)
+    }
 }
 
 pub struct UnionOp {
     schema: SchemaRef,
+    /// The latest watermark of each input, per column.
+    latest: Vec<std::collections::HashMap<usize, ScalarValue>>,
+    /// What was passed on, per column.
+    emitted: std::collections::HashMap<usize, ScalarValue>,
 }
 
 impl UnionOp {
-    pub fn new(schema: SchemaRef) -> Self {
-        Self { schema }
+    pub fn new(schema: SchemaRef, inputs: usize) -> Self {
+        Self { schema, latest: vec![Default::default(); inputs], emitted: Default::default() }
     }
 }
 
@@ -69,6 +98,25 @@ impl Operator for UnionOp {
     fn process(&mut self, _input: usize, changes: Changes) -> StreamResult<Vec<Changes>> {
         let batch = rewrap(&self.schema, &changes.batch)?;
         Ok(vec![Changes::new(batch, changes.weights)])
+    }
+
+    fn watermark(&mut self, input: usize, wm: &Watermark) -> StreamResult<Vec<Watermark>> {
+        let Some(slot) = self.latest.get_mut(input) else { return Ok(Vec::new()) };
+        slot.insert(wm.col, wm.value.clone());
+        // The smallest over the inputs, once every input has one.
+        let mut min: Option<ScalarValue> = None;
+        for l in &self.latest {
+            let Some(v) = l.get(&wm.col) else { return Ok(Vec::new()) };
+            if min.as_ref().is_none_or(|m| v < m) {
+                min = Some(v.clone());
+            }
+        }
+        let Some(min) = min else { return Ok(Vec::new()) };
+        if self.emitted.get(&wm.col).is_some_and(|e| *e >= min) {
+            return Ok(Vec::new());
+        }
+        self.emitted.insert(wm.col, min.clone());
+        Ok(vec![Watermark { col: wm.col, value: min }])
     }
 }
 

@@ -19,7 +19,7 @@ use rocksdb::DB;
 use tokio::sync::mpsc::{self, Receiver, Sender, UnboundedSender};
 
 use super::state::{CacheBudget, StateTable};
-use super::{Ack, Changes, Message, StateWrite, StreamResult};
+use super::{Ack, Changes, Message, StateWrite, StreamResult, Watermark};
 use crate::catalog::Table;
 use crate::plan::{Op, PlanNode};
 use crate::state::keys;
@@ -68,6 +68,18 @@ pub trait Operator: Send + 'static {
     fn barrier(&mut self, _epoch: u64) -> StreamResult<(Vec<Changes>, Vec<StateWrite>)> {
         Ok((Vec::new(), Vec::new()))
     }
+
+    /// A watermark arriving on input `input`; returns watermarks to pass
+    /// on at once (stateless operators). By default it stops here.
+    fn watermark(&mut self, _input: usize, _wm: &Watermark) -> StreamResult<Vec<Watermark>> {
+        Ok(Vec::new())
+    }
+
+    /// Watermarks to pass on after a barrier's output (operators that
+    /// act on watermarks at the barrier, like a window aggregate).
+    fn take_watermarks(&mut self) -> Vec<Watermark> {
+        Vec::new()
+    }
 }
 
 /// Where a source's changes come from.
@@ -99,11 +111,15 @@ pub fn spawn(node: PlanNode, ctx: &Arc<OpContext>, sources: &mut Vec<SourceInput
             return Ok(rx);
         }
         Op::Filter { predicate } => Box::new(map::FilterOp::new(predicate)),
-        Op::Project { exprs } => Box::new(map::ProjectOp::new(exprs, schema)),
-        Op::Union => Box::new(map::UnionOp::new(schema)),
-        Op::Aggregate { group, aggs } => {
-            Box::new(aggregate::AggregateOp::new(group, aggs, schema, ctx.state_table(id))?)
-        }
+        Op::Project { exprs, derive } => Box::new(map::ProjectOp::new(exprs, schema, derive, input_schema(0)?)),
+        Op::Union => Box::new(map::UnionOp::new(schema, input_schemas.len())),
+        Op::Aggregate { group, aggs, window } => Box::new(aggregate::AggregateOp::new(
+            group,
+            aggs,
+            schema,
+            ctx.state_table(id),
+            window.map(|w| (w, input_schemas.first().cloned())).and_then(|(w, s)| s.map(|s| (w, s))),
+        )?),
         Op::Join { kind, left_keys, right_keys } => Box::new(join::JoinOp::new(
             kind,
             left_keys,
@@ -172,6 +188,21 @@ pub async fn run(mut op: Box<dyn Operator>, inputs: Vec<Receiver<Message>>, out:
                     Err(e) => ctx.fail(e.to_string()),
                 }
             }
+            Event::Watermark(i, wm) => {
+                if ctx.failed() {
+                    continue;
+                }
+                match guard(|| op.watermark(i, &wm)) {
+                    Ok(wms) => {
+                        for w in wms {
+                            if !out.send(Message::Watermark(w)).await {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => ctx.fail(e.to_string()),
+                }
+            }
             Event::Barrier(epoch) => {
                 if !ctx.failed() {
                     match guard(|| op.barrier(epoch)) {
@@ -183,6 +214,11 @@ pub async fn run(mut op: Box<dyn Operator>, inputs: Vec<Receiver<Message>>, out:
                             }
                             if !writes.is_empty() {
                                 let _ = ctx.acks.send(Ack::Writes { epoch, mv_id: ctx.mv_id, writes });
+                            }
+                            for w in op.take_watermarks() {
+                                if !out.send(Message::Watermark(w)).await {
+                                    return;
+                                }
                             }
                         }
                         Err(e) => ctx.fail(e.to_string()),
@@ -210,6 +246,7 @@ fn guard<T>(f: impl FnOnce() -> StreamResult<T>) -> StreamResult<T> {
 
 enum Event {
     Data(usize, Changes),
+    Watermark(usize, Watermark),
     Barrier(u64),
 }
 
@@ -250,6 +287,7 @@ impl Aligned {
             };
             match msg? {
                 Message::Data(c) => return Some(Event::Data(i, c)),
+                Message::Watermark(w) => return Some(Event::Watermark(i, w)),
                 Message::Barrier(e) => {
                     self.blocked[i] = true;
                     self.epoch = e;

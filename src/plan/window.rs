@@ -1,0 +1,192 @@
+//! Window table functions in RisingWave's syntax, rewritten into plain
+//! SQL before DataFusion plans the query:
+//!
+//! - `TUMBLE(rel, ts, size)` → `(SELECT *, date_bin(size, ts, origin) AS
+//!   window_start, date_bin(size, ts, origin) + size AS window_end FROM
+//!   rel) AS rel`;
+//! - `HOP(rel, ts, slide, size)` → the same for each of the `size / slide`
+//!   windows a row falls in, as a `UNION ALL` (`window_start` =
+//!   `date_bin(slide, ts, origin) - j * slide`).
+//!
+//! The origin is the Unix epoch (windows align to it, like RisingWave's
+//! without an offset). Because `date_bin(size, ts, ...)` never decreases
+//! when `ts` grows, `window_start` and `window_end` carry `ts`'s watermark
+//! ([`super::watermark`]), which is how a GROUP BY over a window knows when
+//! the window is closed. Both a materialized view and a plain SELECT see
+//! the same rewrite, so a batch query over a table answers what the view
+//! holds.
+
+use std::ops::ControlFlow;
+
+use datafusion::sql::sqlparser::ast::{
+    Expr, FunctionArg, FunctionArgExpr, Ident, Query, Statement, TableAlias, TableFactor, VisitMut, VisitorMut,
+};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+
+use super::{PlanError, PlanResult};
+
+/// Windows of one kind: the most `HOP` may expand a row into.
+const MAX_HOP_WINDOWS: i64 = 1024;
+
+/// Rewrites every `TUMBLE(...)` and `HOP(...)` in `FROM` clauses.
+pub fn rewrite(stmt: &mut Statement) -> PlanResult<()> {
+    let mut v = Rewriter { error: None };
+    let _ = stmt.visit(&mut v);
+    match v.error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Whether SQL text may hold a window function (a cheap pre-check).
+pub fn mentions_window(sql: &str) -> bool {
+    let lower = sql.to_ascii_lowercase();
+    lower.contains("tumble") || lower.contains("hop")
+}
+
+struct Rewriter {
+    error: Option<PlanError>,
+}
+
+impl VisitorMut for Rewriter {
+    type Break = ();
+
+    fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+        let TableFactor::Table { name, args: Some(args), alias, .. } = factor else {
+            return ControlFlow::Continue(());
+        };
+        let kind = name.to_string().to_ascii_lowercase();
+        if kind != "tumble" && kind != "hop" {
+            return ControlFlow::Continue(());
+        }
+        let exprs: Vec<Expr> = args
+            .args
+            .iter()
+            .filter_map(|a| match a {
+                FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e.clone()),
+                _ => None,
+            })
+            .collect();
+        match window_query(&kind, &exprs, args.args.len()) {
+            Ok((query, relation)) => {
+                let alias = alias.clone().unwrap_or_else(|| TableAlias { name: Ident::new(relation), columns: Vec::new(), explicit: true, at: None });
+                *factor = TableFactor::Derived { lateral: false, subquery: Box::new(query), alias: Some(alias), sample: None };
+                ControlFlow::Continue(())
+            }
+            Err(e) => {
+                self.error = Some(e);
+                ControlFlow::Break(())
+            }
+        }
+    }
+}
+
+fn bad(message: impl Into<String>) -> PlanError {
+    PlanError::Invalid(message.into())
+}
+
+/// The subquery replacing one window function, and the relation's name.
+fn window_query(kind: &str, args: &[Expr], given: usize) -> PlanResult<(Query, String)> {
+    let expected = if kind == "tumble" { 3 } else { 4 };
+    if given != expected || args.len() != expected {
+        return Err(bad(if kind == "tumble" {
+            "TUMBLE takes (relation, time column, window size), for example TUMBLE(bids, ts, INTERVAL '1' MINUTE)"
+        } else {
+            "HOP takes (relation, time column, slide, window size), for example HOP(bids, ts, INTERVAL '1' MINUTE, INTERVAL '5' MINUTE)"
+        }));
+    }
+    let relation = match &args[0] {
+        Expr::Identifier(i) => i.to_string(),
+        Expr::CompoundIdentifier(parts) => parts.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("."),
+        other => return Err(bad(format!("the first argument of {} must name a table, source or view, not {other}", kind.to_uppercase()))),
+    };
+    let time = args[1].to_string();
+    let origin = "TIMESTAMP '1970-01-01 00:00:00'";
+    let sql = if kind == "tumble" {
+        let size = interval_micros(&args[2], "window size")?;
+        let size = interval_sql(size);
+        format!(
+            "SELECT *, date_bin({size}, {time}, {origin}) AS window_start, date_bin({size}, {time}, {origin}) + {size} AS window_end FROM {relation}"
+        )
+    } else {
+        let slide = interval_micros(&args[2], "slide")?;
+        let size = interval_micros(&args[3], "window size")?;
+        if size % slide != 0 {
+            return Err(bad("HOP's window size must be a multiple of its slide"));
+        }
+        let windows = size / slide;
+        if windows > MAX_HOP_WINDOWS {
+            return Err(bad(format!("HOP would put each row in {windows} windows; at most {MAX_HOP_WINDOWS} are allowed")));
+        }
+        (0..windows)
+            .map(|j| {
+                let start = format!("date_bin({}, {time}, {origin}) - {}", interval_sql(slide), interval_sql(j * slide));
+                format!("SELECT *, {start} AS window_start, {start} + {} AS window_end FROM {relation}", interval_sql(size))
+            })
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ")
+    };
+    let query = Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(&sql)
+        .and_then(|mut p| p.parse_query())
+        .map_err(|e| bad(format!("{}: {e}", kind.to_uppercase())))?;
+    Ok((*query, relation))
+}
+
+fn interval_sql(micros: i64) -> String {
+    format!("INTERVAL '{micros} microseconds'")
+}
+
+/// A constant interval of days and smaller units, in microseconds.
+fn interval_micros(e: &Expr, what: &str) -> PlanResult<i64> {
+    let Expr::Interval(i) = e else {
+        return Err(bad(format!("the {what} must be an interval literal such as INTERVAL '1' MINUTE, not {e}")));
+    };
+    let value = match i.value.as_ref() {
+        Expr::Value(v) => match &v.value {
+            datafusion::sql::sqlparser::ast::Value::SingleQuotedString(s) => s.clone(),
+            other => other.to_string(),
+        },
+        other => other.to_string(),
+    };
+    let text = match &i.leading_field {
+        Some(unit) => format!("{value} {unit}"),
+        None => value,
+    };
+    let parsed = datafusion::arrow::compute::kernels::cast_utils::parse_interval_month_day_nano(&text)
+        .map_err(|e| bad(format!("the {what} {e}")))?;
+    if parsed.months != 0 {
+        return Err(bad(format!("the {what} must not use months or years (windows need a fixed length)")));
+    }
+    let micros = i64::from(parsed.days) * 86_400_000_000 + parsed.nanoseconds / 1000;
+    if micros <= 0 {
+        return Err(bad(format!("the {what} must be positive")));
+    }
+    Ok(micros)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rewritten(sql: &str) -> PlanResult<String> {
+        let mut stmt = Parser::parse_sql(&PostgreSqlDialect {}, sql).unwrap().remove(0);
+        rewrite(&mut stmt)?;
+        Ok(stmt.to_string())
+    }
+
+    #[test]
+    fn tumble_and_hop_become_subqueries() {
+        let s = rewritten("SELECT window_start, count(*) FROM TUMBLE(bids, ts, INTERVAL '1' MINUTE) GROUP BY window_start").unwrap();
+        assert!(s.contains("date_bin(INTERVAL '60000000 microseconds', ts, TIMESTAMP '1970-01-01 00:00:00') AS window_start"), "{s}");
+        assert!(s.contains(") AS bids GROUP BY"), "{s}");
+        let s = rewritten("SELECT * FROM HOP(t, ts, INTERVAL '1 minute', INTERVAL '3 minutes') AS h").unwrap();
+        assert_eq!(s.matches("UNION ALL").count(), 2, "{s}");
+        assert!(s.ends_with("AS h"), "{s}");
+        assert!(rewritten("SELECT * FROM HOP(t, ts, INTERVAL '2' MINUTE, INTERVAL '3' MINUTE)").is_err());
+        assert!(rewritten("SELECT * FROM TUMBLE(t, ts)").is_err());
+        assert!(rewritten("SELECT * FROM TUMBLE(t, ts, INTERVAL '1' MONTH)").is_err());
+        assert!(rewritten("SELECT * FROM t").is_ok());
+    }
+}
