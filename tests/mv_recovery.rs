@@ -140,3 +140,43 @@ async fn views_survive_clean_restart_and_copy_feeds_them() {
     assert_eq!(rows_text(&c, "SELECT * FROM per_g").await, vec!["a|2|15", "b|2|3"]);
     assert_eq!(rows_text(&c, "SELECT * FROM big_g").await, vec!["a", "b"]);
 }
+
+/// A table's watermark and a view's closed windows survive SIGKILL: after
+/// the restart a row that was late stays late, and no window is emitted
+/// twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watermarks_and_closed_windows_survive_sigkill() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path().join("data");
+    let closed = "SELECT k, window_start, n FROM closed ORDER BY window_start, k";
+    {
+        let server = common::TestServer::start_in(&dir);
+        let c = server.connect().await;
+        c.batch_execute(
+            "SET implicit_flush = true;
+             CREATE TABLE ev (k INT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) APPEND ONLY;
+             CREATE MATERIALIZED VIEW closed AS
+               SELECT k, window_start, count(*) AS n FROM TUMBLE(ev, ts, INTERVAL '10' SECOND)
+               GROUP BY k, window_start EMIT ON WINDOW CLOSE;
+             INSERT INTO ev VALUES (1, '2026-01-01 00:00:01'), (2, '2026-01-01 00:00:05'), (1, '2026-01-01 00:00:12');",
+        )
+        .await
+        .expect("setup");
+        assert_eq!(rows_text(&c, closed).await, vec!["1|2026-01-01 00:00:00|1", "2|2026-01-01 00:00:00|1"]);
+    }
+    // SIGKILLed when dropped.
+    let server = common::TestServer::start_in(&dir);
+    let c = server.connect().await;
+    c.batch_execute(
+        "SET implicit_flush = true;
+         INSERT INTO ev VALUES (1, '2026-01-01 00:00:03');
+         INSERT INTO ev VALUES (1, '2026-01-01 00:00:15'), (1, '2026-01-01 00:00:25');",
+    )
+    .await
+    .expect("after restart");
+    assert_eq!(
+        rows_text(&c, closed).await,
+        vec!["1|2026-01-01 00:00:00|1", "1|2026-01-01 00:00:10|2", "2|2026-01-01 00:00:00|1"]
+    );
+    assert_eq!(rows_text(&c, "SELECT name, late_rows FROM eddy_catalog.watermarks").await, vec!["ev|1"]);
+}
