@@ -472,3 +472,74 @@ async fn readme_kafka_example() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+/// A Kafka source with a watermark: one of its two partitions stays idle,
+/// and windows still close; an EMIT ON WINDOW CLOSE sink writes each window
+/// once, FORMAT PLAIN (docs/event-time.md); a late message is dropped and
+/// counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watermarks_close_windows_with_an_idle_partition() {
+    let input = unique("wm-in");
+    let out = unique("wm-spend");
+    create_topic(&input, 2).await;
+    create_topic(&out, 1).await;
+    let server = TestServer::start_with_env(&[("EDDY_CHECKPOINT_INTERVAL_MS", "200")]);
+    let c = server.connect().await;
+    exec(
+        &c,
+        &format!(
+            "CREATE SOURCE txns (id BIGINT, account VARCHAR, amount DOUBLE PRECISION, ts TIMESTAMP,
+                                 WATERMARK FOR ts AS ts - INTERVAL '5' SECOND)
+             WITH ({}, scan.startup.mode = 'earliest') FORMAT PLAIN ENCODE JSON",
+            with(&input)
+        ),
+    )
+    .await;
+    exec(
+        &c,
+        &format!(
+            "CREATE SINK spend_out AS
+             SELECT account, window_start, sum(amount) AS total
+             FROM TUMBLE(txns, ts, INTERVAL '1' MINUTE)
+             GROUP BY account, window_start EMIT ON WINDOW CLOSE
+             WITH ({}) FORMAT PLAIN ENCODE JSON",
+            with(&out)
+        ),
+    )
+    .await;
+    let p = producer();
+    // Everything goes to partition 0; partition 1 stays idle.
+    let events = [
+        (1, "a", 10.0, "2026-11-27T10:00:01"),
+        (2, "b", 5.0, "2026-11-27T10:00:20"),
+        (3, "a", 2.5, "2026-11-27T10:00:59"),
+        (4, "a", 1.0, "2026-11-27T10:01:10"),
+        // Late: the watermark is 10:01:05 by now.
+        (5, "b", 100.0, "2026-11-27T10:00:30"),
+        (6, "b", 1.0, "2026-11-27T10:02:30"),
+    ];
+    for (id, account, amount, ts) in events {
+        let v = format!(r#"{{"id": {id}, "account": "{account}", "amount": {amount}, "ts": "{ts}"}}"#);
+        send(&p, &input, Some(0), None, Some(&v), &[]).await;
+    }
+    // The 10:00 and 10:01 windows close; 10:02 stays open.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut values: Vec<String>;
+    loop {
+        values = read_all(&out).into_iter().filter_map(|r| r.value).collect();
+        values.sort();
+        if values.len() >= 3 || std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        values,
+        vec![
+            r#"{"account":"a","window_start":"2026-11-27T10:00:00","total":12.5}"#,
+            r#"{"account":"a","window_start":"2026-11-27T10:01:00","total":1.0}"#,
+            r#"{"account":"b","window_start":"2026-11-27T10:00:00","total":5.0}"#,
+        ]
+    );
+    wait_rows(&c, "SELECT name, late_rows FROM eddy_catalog.watermarks", &["txns|1"]).await;
+}

@@ -390,17 +390,13 @@ impl Coordinator {
     async fn send_table(&mut self, table_id: u64, batch: RecordBatch, weights: Vec<i64>, seqs: Vec<u64>) -> StreamResult<()> {
         let (batch, weights, seqs, advanced) = match self.watermarks.get_mut(&table_id) {
             None => (batch, weights, seqs, None),
-            Some(wm) => match wm.on_time(&batch)? {
-                None => {
-                    let advanced = wm.advance(&batch)?;
-                    (batch, weights, seqs, advanced)
-                }
-                Some(mask) => {
+            Some(wm) => match wm.apply(&batch)? {
+                (None, advanced) => (batch, weights, seqs, advanced),
+                (Some(mask), advanced) => {
                     let kept = datafusion::arrow::compute::filter_record_batch(&batch, &mask)?;
                     let keep = |i: usize| mask.value(i);
                     let weights = weights.into_iter().enumerate().filter(|(i, _)| keep(*i)).map(|(_, w)| w).collect();
                     let seqs = seqs.into_iter().enumerate().filter(|(i, _)| keep(*i)).map(|(_, s)| s).collect();
-                    let advanced = wm.advance(&kept)?;
                     (kept, weights, seqs, advanced)
                 }
             },

@@ -1,11 +1,11 @@
 //! Watermarks of sources and tables (`WATERMARK FOR col AS expr`).
 //!
 //! The runtime keeps one [`SourceWatermark`] per table or source with a
-//! watermark. Each batch of its changes, in change-log order, first loses
-//! its late rows (`col` below the current watermark, or NULL), which are
-//! counted; then the watermark becomes the largest `expr` of the rows kept
-//! if that is higher (RisingWave's semantics: the watermark is the largest
-//! event time seen minus the allowed lateness). The runtime sends the new
+//! watermark and takes its changes in change-log order, row by row: a row
+//! whose `col` is below the current watermark (or NULL) is late, dropped
+//! and counted; an on-time row raises the watermark to its `expr` if that
+//! is higher (RisingWave's semantics: the watermark is the largest event
+//! time seen minus the allowed lateness). The runtime sends the new
 //! watermark to every view reading the table after the batch, and writes
 //! it in each checkpoint, so that a restart drops the same rows late.
 //!
@@ -15,9 +15,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, BooleanArray, RecordBatch};
-use datafusion::arrow::compute::kernels::cmp::gt_eq;
-use datafusion::arrow::compute::{and, is_not_null, max_array};
+use datafusion::arrow::array::{Array, BooleanArray, Int64Array, RecordBatch};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::prelude::SessionContext;
@@ -101,47 +99,56 @@ impl SourceWatermark {
         }
     }
 
-    /// Which rows of `batch` are on time (false: late or no event time);
-    /// `None` when all are.
-    pub fn on_time(&mut self, batch: &RecordBatch) -> StreamResult<Option<BooleanArray>> {
-        let column = batch.column(self.col);
-        let mask = match &self.current {
-            None if column.null_count() == 0 => return Ok(None),
-            None => is_not_null(column)?,
-            Some(w) => {
-                let scalar = w.to_scalar()?;
-                let ge = gt_eq(column, &scalar)?;
-                and(&ge, &is_not_null(column)?)?
-            }
-        };
-        let kept = mask.true_count();
-        if kept == batch.num_rows() {
-            return Ok(None);
+    /// Takes a batch in order, row by row: a row is late when its event
+    /// time is NULL or below the watermark as it stands after the rows
+    /// before it; an on-time row raises the watermark to its expression.
+    /// Returns which rows are on time (`None`: all) and the new watermark
+    /// if it moved. The result does not depend on how rows are batched.
+    pub fn apply(&mut self, batch: &RecordBatch) -> StreamResult<(Option<BooleanArray>, Option<ScalarValue>)> {
+        let n = batch.num_rows();
+        if n == 0 {
+            return Ok((None, None));
         }
-        self.late_rows += (batch.num_rows() - kept) as u64;
-        Ok(Some(mask))
+        let as_i64 = |a: &dyn Array| -> StreamResult<Int64Array> {
+            let c = datafusion::arrow::compute::cast(a, &DataType::Int64)?;
+            c.as_any().downcast_ref::<Int64Array>().cloned().ok_or_else(|| StreamError::Corrupt("watermark values".into()))
+        };
+        let times = as_i64(batch.column(self.col).as_ref())?;
+        let values = as_i64(self.expr.evaluate(batch)?.into_array(n)?.as_ref())?;
+        let start = self.current_i64();
+        let mut running = start;
+        let mut keep = Vec::with_capacity(n);
+        let mut late = 0u64;
+        for i in 0..n {
+            let on_time = times.is_valid(i) && running.is_none_or(|w| times.value(i) >= w);
+            if on_time && values.is_valid(i) {
+                let v = values.value(i);
+                if running.is_none_or(|w| v > w) {
+                    running = Some(v);
+                }
+            }
+            late += u64::from(!on_time);
+            keep.push(on_time);
+        }
+        self.late_rows += late;
+        let mask = (late > 0).then(|| BooleanArray::from(keep));
+        let advanced = match running {
+            Some(v) if running != start => {
+                let value = ScalarValue::Int64(Some(v)).cast_to(&self.data_type)?;
+                self.current = Some(value.clone());
+                self.dirty = true;
+                Some(value)
+            }
+            _ => None,
+        };
+        Ok((mask, advanced))
     }
 
-    /// Raises the watermark from rows that were on time; returns the new
-    /// value if it moved.
-    pub fn advance(&mut self, batch: &RecordBatch) -> StreamResult<Option<ScalarValue>> {
-        if batch.num_rows() == 0 {
-            return Ok(None);
+    fn current_i64(&self) -> Option<i64> {
+        match self.current.as_ref()?.cast_to(&DataType::Int64).ok()? {
+            ScalarValue::Int64(v) => v,
+            _ => None,
         }
-        let values = self.expr.evaluate(batch)?.into_array(batch.num_rows())?;
-        let values = datafusion::arrow::compute::cast(&values, &DataType::Int64)?;
-        let Some(max) = max_array::<datafusion::arrow::datatypes::Int64Type, _>(
-            values.as_any().downcast_ref::<datafusion::arrow::array::Int64Array>().ok_or_else(|| StreamError::Corrupt("watermark values".into()))?,
-        ) else {
-            return Ok(None);
-        };
-        let candidate = ScalarValue::Int64(Some(max)).cast_to(&self.data_type)?;
-        if self.current.as_ref().is_some_and(|c| *c >= candidate) {
-            return Ok(None);
-        }
-        self.current = Some(candidate.clone());
-        self.dirty = true;
-        Ok(Some(candidate))
     }
 }
 
