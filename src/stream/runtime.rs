@@ -388,9 +388,10 @@ impl Coordinator {
     }
 
     async fn send_table(&mut self, table_id: u64, batch: RecordBatch, weights: Vec<i64>, seqs: Vec<u64>) -> StreamResult<()> {
+        let ordered = self.table_by_id(table_id).is_some_and(|t| t.def.connector.is_some());
         let (batch, weights, seqs, advanced) = match self.watermarks.get_mut(&table_id) {
             None => (batch, weights, seqs, None),
-            Some(wm) => match wm.apply(&batch)? {
+            Some(wm) => match wm.apply(&batch, (!ordered).then_some(seqs.as_slice()))? {
                 (None, advanced) => (batch, weights, seqs, advanced),
                 (Some(mask), advanced) => {
                     let kept = datafusion::arrow::compute::filter_record_batch(&batch, &mask)?;

@@ -99,12 +99,20 @@ impl SourceWatermark {
         }
     }
 
-    /// Takes a batch in order, row by row: a row is late when its event
-    /// time is NULL or below the watermark as it stands after the rows
-    /// before it; an on-time row raises the watermark to its expression.
+    /// Takes a batch in order: a row is late when its event time is NULL
+    /// or below the watermark as it stands after the rows before it; an
+    /// on-time row raises the watermark to its expression. With `statements`
+    /// (the change-log entry of each row), rows written by one statement
+    /// count as simultaneous: the watermark moves between statements, so a
+    /// multi-row INSERT does not depend on its rows' order. Without it
+    /// (sources, where messages have an order) it moves after every row.
     /// Returns which rows are on time (`None`: all) and the new watermark
     /// if it moved. The result does not depend on how rows are batched.
-    pub fn apply(&mut self, batch: &RecordBatch) -> StreamResult<(Option<BooleanArray>, Option<ScalarValue>)> {
+    pub fn apply(
+        &mut self,
+        batch: &RecordBatch,
+        statements: Option<&[u64]>,
+    ) -> StreamResult<(Option<BooleanArray>, Option<ScalarValue>)> {
         let n = batch.num_rows();
         if n == 0 {
             return Ok((None, None));
@@ -117,18 +125,30 @@ impl SourceWatermark {
         let values = as_i64(self.expr.evaluate(batch)?.into_array(n)?.as_ref())?;
         let start = self.current_i64();
         let mut running = start;
+        // The largest value of the current statement, not yet in force.
+        let mut pending: Option<i64> = None;
         let mut keep = Vec::with_capacity(n);
         let mut late = 0u64;
         for i in 0..n {
+            let new_statement = match statements {
+                None => true,
+                Some(s) => i == 0 || s.get(i) != s.get(i - 1),
+            };
+            if new_statement {
+                if let Some(p) = pending.take() {
+                    running = Some(running.map_or(p, |w| w.max(p)));
+                }
+            }
             let on_time = times.is_valid(i) && running.is_none_or(|w| times.value(i) >= w);
             if on_time && values.is_valid(i) {
                 let v = values.value(i);
-                if running.is_none_or(|w| v > w) {
-                    running = Some(v);
-                }
+                pending = Some(pending.map_or(v, |p| p.max(v)));
             }
             late += u64::from(!on_time);
             keep.push(on_time);
+        }
+        if let Some(p) = pending {
+            running = Some(running.map_or(p, |w| w.max(p)));
         }
         self.late_rows += late;
         let mask = (late > 0).then(|| BooleanArray::from(keep));
