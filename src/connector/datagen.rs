@@ -59,6 +59,8 @@ const MAX_LENGTH: usize = 1 << 16;
 /// Rows generated at once (a chunk of ingest, a batch of a backfill).
 pub const CHUNK_ROWS: usize = 16_384;
 
+/// Every `fields.<column>.<option>` there is (each type takes some).
+const FIELD_OPTIONS: &[&str] = &["kind", "start", "end", "min", "max", "seed", "length", "max_past"];
 const ROWS_PER_SECOND: &str = "datagen.rows.per.second";
 const SPLIT_NUM: &str = "datagen.split.num";
 const MICROS_PER_DAY: i64 = 86_400_000_000;
@@ -159,6 +161,13 @@ impl FieldOptions<'_> {
     /// Refuses options this column's generator does not take.
     fn only(&self, allowed: &[&str], what: &str) -> ConnectorResult<()> {
         for k in self.given.keys() {
+            if !FIELD_OPTIONS.contains(k) {
+                return Err(ConnectorError::Option(format!(
+                    "unknown option {}; a column takes {}",
+                    self.name(k),
+                    FIELD_OPTIONS.join(", ")
+                )));
+            }
             if !allowed.contains(k) {
                 return Err(ConnectorError::Option(format!(
                     "option {} does not apply to {what} column \"{}\"; it takes {}",
@@ -744,6 +753,7 @@ mod tests {
         refused(&[("fields.id.kind", "zigzag")], "'sequence' or 'random'");
         refused(&[("fields.nope.kind", "random")], "no column \"nope\"");
         refused(&[("fields.v.length", "3")], "does not apply");
+        refused(&[("fields.v.colour", "red")], "unknown option fields.v.colour");
         refused(&[("fields.id.min", "3")], "does not apply");
         refused(&[("rows.per.second", "3")], "unknown option rows.per.second");
         refused(&[("datagen.rows.per.second", "0")], "positive integer");
