@@ -100,3 +100,25 @@ async fn datagen_resumes_after_restarts_without_gaps_or_duplicates() {
         Vec::<String>::new()
     );
 }
+
+/// Collapses whitespace, so a statement matches however it is wrapped.
+fn normalized(sql: &str) -> String {
+    sql.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Every SQL statement of `docs/datagen.md` is run by `tests/slt/datagen.slt`.
+#[test]
+fn every_doc_example_is_in_the_slt_file() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/datagen.md")).expect("docs/datagen.md");
+    let slt = normalized(&std::fs::read_to_string(root.join("tests/slt/datagen.slt")).expect("datagen.slt"));
+    let mut checked = 0;
+    for block in doc.split("```sql").skip(1) {
+        let block = block.split("```").next().unwrap_or_default();
+        for stmt in block.split(';').map(normalized).filter(|s| !s.is_empty()) {
+            assert!(slt.contains(&stmt), "docs/datagen.md example not run by tests/slt/datagen.slt:\n{stmt}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 8, "only {checked} examples found");
+}
