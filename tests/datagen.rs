@@ -4,7 +4,8 @@
 //! view over the source and the table itself end with `count = count
 //! DISTINCT = max(id)` = the sequence's end, and the rows are the same as
 //! a run that never stopped would make (a view built afterwards, from
-//! regenerated rows, agrees with them).
+//! regenerated rows, agrees with them). A blackhole sink on the source is
+//! restored with the server.
 
 mod common;
 
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::rows_text;
 
-const ROWS: i64 = 40_000;
+const ROWS: i64 = 60_000;
 
 fn create_sql(kind: &str, name: &str) -> String {
     format!(
@@ -53,6 +54,9 @@ async fn datagen_resumes_after_restarts_without_gaps_or_duplicates() {
         )
         .await
         .expect("create view");
+        c.batch_execute("CREATE SINK bh AS SELECT v % 10 AS k, count(*) AS n FROM src GROUP BY v % 10 WITH (connector = 'blackhole')")
+            .await
+            .expect("create blackhole sink");
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let (view, table) = progress(&c).await;
         let n = assert_no_gap_no_duplicate(&view, "view before the crash");
@@ -99,6 +103,9 @@ async fn datagen_resumes_after_restarts_without_gaps_or_duplicates() {
         rows_text(&c, "SELECT id, v, label FROM src EXCEPT SELECT id, v, label FROM tbl").await,
         Vec::<String>::new()
     );
+    // The blackhole sink came back with the server and consumed the rows
+    // made since.
+    assert_eq!(rows_text(&c, "SELECT sink, records > 0 FROM eddy_catalog.kafka_sinks").await, vec!["bh|t"]);
 }
 
 /// Collapses whitespace, so a statement matches however it is wrapped.

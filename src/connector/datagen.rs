@@ -248,10 +248,10 @@ impl Generator {
                 }
             },
         };
-        if let Some(v) = options.get(SPLIT_NUM) {
-            if !v.trim().parse::<u64>().is_ok_and(|n| n > 0) {
-                return Err(ConnectorError::Option(format!("{SPLIT_NUM} must be a positive integer, not '{v}'")));
-            }
+        if let Some(v) = options.get(SPLIT_NUM)
+            && !v.trim().parse::<u64>().is_ok_and(|n| n > 0)
+        {
+            return Err(ConnectorError::Option(format!("{SPLIT_NUM} must be a positive integer, not '{v}'")));
         }
         let mut gens = Vec::with_capacity(columns.len());
         let mut limit: Option<u64> = None;

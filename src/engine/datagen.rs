@@ -47,10 +47,8 @@ pub async fn create_source(
         .catalog
         .create_table_with(name.clone(), columns, primary_key, if_not_exists, Some(connector), !table)
         .await?;
-    if created {
-        if let Some(t) = engine.catalog.get(&name) {
-            start_ingest(engine, t)?;
-        }
+    if created && let Some(t) = engine.catalog.get(&name) {
+        start_ingest(engine, t)?;
     }
     Ok(Output::Command { tag, rows: None })
 }
@@ -92,10 +90,11 @@ pub async fn create_blackhole_sink(
         }
         return Err(CatalogError::AlreadyExists(name).into());
     }
-    if let Some(from) = &sink.from {
-        if engine.catalog.get_mv(from).is_none() && engine.catalog.get(from).is_none() {
-            return Err(EngineError::UndefinedTable(from.clone()));
-        }
+    if let Some(from) = &sink.from
+        && engine.catalog.get_mv(from).is_none()
+        && engine.catalog.get(from).is_none()
+    {
+        return Err(EngineError::UndefinedTable(from.clone()));
     }
     let Some(Statement::Query(q)) = engine.parse_plain(query)?.into_iter().next() else {
         return Err(EngineError::user("42601", "CREATE SINK ... AS needs a SELECT"));

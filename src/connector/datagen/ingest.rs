@@ -27,6 +27,11 @@ use crate::state::{StateError, WriterHandle, keys};
 /// How long the thread waits when no row is due.
 const IDLE_WAIT: Duration = Duration::from_millis(50);
 
+/// Validates a batch for the table (types, NOT NULL, lengths).
+pub type CheckFn = Arc<dyn Fn(&Table, &RecordBatch) -> Result<RecordBatch, String> + Send + Sync>;
+/// The table's storage key of a row (primary key or a new row id).
+pub type RowKeyFn = Arc<dyn Fn(&Table, &RecordBatch, usize) -> Result<Vec<u8>, StateError> + Send + Sync>;
+
 /// What the thread needs.
 pub struct Ingest {
     pub table: Arc<Table>,
@@ -35,10 +40,8 @@ pub struct Ingest {
     pub writer: WriterHandle,
     pub stats: Arc<Mutex<SourceStats>>,
     pub runtime: tokio::runtime::Handle,
-    /// Validates a batch for the table (as Kafka ingest does).
-    pub check: Arc<dyn Fn(&Table, &RecordBatch) -> Result<RecordBatch, String> + Send + Sync>,
-    /// The table's storage key of a row (primary key or a new row id).
-    pub row_key: Arc<dyn Fn(&Table, &RecordBatch, usize) -> Result<Vec<u8>, StateError> + Send + Sync>,
+    pub check: CheckFn,
+    pub row_key: RowKeyFn,
 }
 
 /// The next row index of a datagen source as stored (0 before any row).
