@@ -1,6 +1,8 @@
 //! `connector/`: where data enters and leaves eddy: Kafka sources and
 //! Kafka-fed tables (read by [`kafka::ingest`]), Kafka sinks
-//! ([`kafka::sink`]), Delta Lake sinks ([`delta`]), and what they share: the `WITH (...)` / `FORMAT ...
+//! ([`kafka::sink`]), Delta Lake sinks ([`delta`]), generated sources and
+//! tables ([`datagen`]; blackhole sinks are an operator,
+//! `stream::ops::blackhole`), and what they share: the `WITH (...)` / `FORMAT ...
 //! ENCODE ...` clauses ([`spec`], [`sql`]), message decoding ([`decode`])
 //! and per-partition counters ([`metrics`]).
 //!
@@ -9,6 +11,7 @@
 //! re-read at start-up and the connector resumes where its checkpoint
 //! left it.
 
+pub mod datagen;
 pub mod decode;
 pub mod delta;
 pub mod kafka;
@@ -59,3 +62,18 @@ impl ConnectorError {
 }
 
 pub type ConnectorResult<T> = Result<T, ConnectorError>;
+
+/// Fills a new view from a source as of `snapshot`: datagen regenerates
+/// its rows, Kafka reads its topic again. Blocking.
+pub fn backfill_source(
+    snapshot: &rocksdb::Snapshot<'_>,
+    table: &crate::catalog::Table,
+    projection: Option<&[usize]>,
+    out: &mut dyn FnMut(datafusion::arrow::array::RecordBatch) -> crate::stream::StreamResult<()>,
+) -> crate::stream::StreamResult<()> {
+    if datagen::is_datagen_table(table) {
+        datagen::ingest::backfill_source(snapshot, table, projection, out)
+    } else {
+        kafka::backfill_source(snapshot, table, projection, out)
+    }
+}

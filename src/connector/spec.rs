@@ -78,6 +78,21 @@ pub struct SinkDef {
     /// `CREATE SINK ... AS SELECT ... EMIT ON WINDOW CLOSE`.
     #[serde(default)]
     pub eowc: bool,
+    /// Never stored: where a blackhole sink counts what it consumes (set
+    /// when its graph is built).
+    #[serde(skip)]
+    pub counter: Option<SinkCounter>,
+}
+
+/// A running sink's counters, handed to its operator.
+#[derive(Debug, Clone)]
+pub struct SinkCounter(pub std::sync::Arc<std::sync::Mutex<super::metrics::SinkStats>>);
+
+impl PartialEq for SinkCounter {
+    /// Counters are not part of a sink's definition.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// Where a source starts reading a partition it has no offset for.
@@ -92,6 +107,11 @@ impl SinkDef {
     /// A Delta Lake sink (else Kafka).
     pub fn is_delta(&self) -> bool {
         self.options.get("connector").is_some_and(|c| c.eq_ignore_ascii_case("deltalake"))
+    }
+
+    /// A blackhole sink: consumes its input and discards it.
+    pub fn is_blackhole(&self) -> bool {
+        self.options.get("connector").is_some_and(|c| c.eq_ignore_ascii_case("blackhole"))
     }
 }
 

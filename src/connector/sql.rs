@@ -380,6 +380,8 @@ fn parse_create_source(c: &mut Cursor, table: bool) -> Result<StreamStatement> {
     let options = c.options()?;
     let (format, encode, encode_options) = if c.peek_word() == "format" {
         c.format()?
+    } else if crate::connector::datagen::is_datagen(&options) {
+        (Format::Plain, Encode::Json, BTreeMap::new())
     } else {
         return Err(SyntaxError(format!(
             "{} needs a FORMAT clause, for example FORMAT PLAIN ENCODE JSON",
@@ -502,7 +504,7 @@ fn parse_create_sink(c: &mut Cursor) -> Result<StreamStatement> {
     if !c.done() {
         return Err(SyntaxError(format!("syntax error {}", c.near())));
     }
-    Ok(StreamStatement::CreateSink { if_not_exists, name, query, sink: SinkDef { options, format, encode, from, eowc } })
+    Ok(StreamStatement::CreateSink { if_not_exists, name, query, sink: SinkDef { options, format, encode, from, eowc, counter: None } })
 }
 
 fn parse_drop(c: &mut Cursor) -> Result<StreamStatement> {

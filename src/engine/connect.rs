@@ -86,7 +86,7 @@ fn include_type(kind: &IncludeKind, varchar: bool) -> SqlType {
 }
 
 /// `WATERMARK FOR` and `APPEND ONLY` of a CREATE SOURCE or TABLE.
-pub struct TableExtras {
+pub(super) struct TableExtras {
     pub watermark: Option<WatermarkDef>,
     pub append_only: bool,
 }
@@ -95,7 +95,7 @@ impl TableExtras {
     /// Checks the watermark against the columns; a table with a watermark
     /// must be APPEND ONLY (late rows are dropped from views, which only
     /// works for inserts).
-    fn check(&self, columns: &[ColumnDef], source: bool) -> EngineResult<()> {
+    pub(super) fn check(&self, columns: &[ColumnDef], source: bool) -> EngineResult<()> {
         let Some(w) = &self.watermark else { return Ok(()) };
         if !source && !self.append_only {
             return Err(EngineError::user(
@@ -153,6 +153,11 @@ async fn create_source(
         return Err(EngineError::user("42601", "could not read the column list"));
     };
     let (mut columns, primary_key) = super::ddl::table_columns(&ct, &name)?;
+    if crate::connector::datagen::is_datagen(&connector.options) {
+        extras.check(&columns, !table)?;
+        return super::datagen::create_source(engine, table, if_not_exists, name, columns, primary_key, connector, extras)
+            .await;
+    }
     for inc in &connector.includes {
         if columns.iter().any(|c| c.name == inc.column) {
             return Err(EngineError::user("42701", format!("column \"{}\" specified more than once", inc.column)));
@@ -225,8 +230,16 @@ async fn create_source(
     Ok(Output::Command { tag, rows: None })
 }
 
-/// Starts reading the topic of a source or Kafka table.
+/// Starts reading the topic of a source or Kafka table (or generating
+/// the rows of a datagen one).
 pub fn start_ingest(engine: &Engine, table: Arc<Table>) {
+    if crate::connector::datagen::is_datagen_table(&table) {
+        let name = table.name().to_string();
+        if let Err(e) = super::datagen::start_ingest(engine, table) {
+            tracing::error!(source = name, "datagen cannot start: {e}");
+        }
+        return;
+    }
     let topic = table
         .def
         .connector
@@ -268,6 +281,9 @@ pub fn start_all(engine: &Engine) {
 async fn create_sink(engine: &Engine, if_not_exists: bool, name: String, query: &str, sink: SinkDef) -> EngineResult<Output> {
     if sink.is_delta() {
         return create_delta_sink(engine, if_not_exists, name, query, sink).await;
+    }
+    if sink.is_blackhole() {
+        return super::datagen::create_blackhole_sink(engine, if_not_exists, name, query, sink).await;
     }
     let tag = "CREATE SINK";
     let opts = KafkaOptions::for_sink(&sink.options)?;
@@ -345,7 +361,7 @@ async fn create_sink(engine: &Engine, if_not_exists: bool, name: String, query: 
 }
 
 /// A new sink's catalog entry.
-fn sink_def(engine: &Engine, name: String, query: &str, planned: &super::mv::Planned, sink: SinkDef) -> MvDef {
+pub(super) fn sink_def(engine: &Engine, name: String, query: &str, planned: &super::mv::Planned, sink: SinkDef) -> MvDef {
     MvDef {
         id: engine.catalog.allocate_id(),
         name,
@@ -476,6 +492,9 @@ fn install_id(engine: &Engine) -> EngineResult<String> {
 /// Rebuilds a sink's graph at start-up and starts its publisher.
 pub async fn restore_sink(engine: &Engine, def: MvDef) -> EngineResult<()> {
     let Some(sink) = def.sink.clone() else { return Ok(()) };
+    if sink.is_blackhole() {
+        return super::datagen::restore_blackhole_sink(engine, def).await;
+    }
     if sink.is_delta() {
         let opts = crate::connector::delta::DeltaOptions::parse(&sink.options, engine.checkpoint_interval_ms)?;
         let Some(Statement::Query(q)) = engine.parse_plain(&def.sql)?.into_iter().next() else {

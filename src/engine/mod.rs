@@ -9,6 +9,7 @@
 
 pub mod connect;
 pub mod copy;
+pub mod datagen;
 pub mod ddl;
 pub mod dml;
 pub mod error;

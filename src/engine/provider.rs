@@ -96,7 +96,7 @@ impl SchemaProvider for EddySchema {
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
         if let Some(table) = self.catalog.get(name) {
             if table.def.source && self.view == View::Declared {
-                return Ok(Some(Arc::new(super::source_provider::SourceTable::new(table))));
+                return Ok(Some(Arc::new(super::source_provider::SourceTable::new(table, self.store.db().clone()))));
             }
             return Ok(Some(Arc::new(EddyTable::new(table, self.store.clone(), self.view))));
         }

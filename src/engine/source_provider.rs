@@ -1,7 +1,8 @@
 //! `SELECT` on a source: reads the topic from the source's start position
 //! (its `scan.startup.mode`) up to the current end of every partition, and
 //! returns those rows. A source stores nothing, so this is a bounded Kafka
-//! read each time.
+//! read each time (for a datagen source: the rows generated so far, made
+//! again).
 
 use std::sync::Arc;
 
@@ -23,12 +24,13 @@ use rdkafka::consumer::Consumer;
 pub struct SourceTable {
     table: Arc<Table>,
     schema: SchemaRef,
+    db: Arc<rocksdb::DB>,
 }
 
 impl SourceTable {
-    pub fn new(table: Arc<Table>) -> Self {
+    pub fn new(table: Arc<Table>, db: Arc<rocksdb::DB>) -> Self {
         let schema = crate::plan::nullable(&table.schema);
-        Self { table, schema }
+        Self { table, schema, db }
     }
 }
 
@@ -70,7 +72,14 @@ impl TableProvider for SourceTable {
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let table = self.table.clone();
-        let batches = tokio::task::spawn_blocking(move || read_now(&table))
+        let db = self.db.clone();
+        let batches = tokio::task::spawn_blocking(move || {
+            if crate::connector::datagen::is_datagen_table(&table) {
+                crate::connector::datagen::ingest::read_now(&db, &table)
+            } else {
+                read_now(&table)
+            }
+        })
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?
             .map_err(|e| DataFusionError::External(Box::new(super::EngineError::from(e))))?;

@@ -1,11 +1,14 @@
 //! The `eddy_catalog` schema: system tables over the running connectors.
 //! - `kafka_source_partitions`: per source (or Kafka table) and partition,
 //!   the next offset to read, the partition's end offset, the lag, rows
-//!   read and rejected, and the connector's last error.
+//!   read and rejected, and the connector's last error. A datagen source
+//!   or table is one row: topic `datagen`, partition 0, the next row index,
+//!   and its sequence's end (if bounded).
 //! - `kafka_source_errors`: the latest rejected messages (1000 per
 //!   source): partition, offset, error.
-//! - `kafka_sinks`: per sink, records sent, the last published epoch and
-//!   the last error.
+//! - `kafka_sinks`: per sink (Kafka, Delta Lake, blackhole), records sent
+//!   (a blackhole's: consumed), the last published epoch and the last
+//!   error.
 //! - `watermarks`: per source or table with a `WATERMARK FOR`, its column,
 //!   the watermark as of the last checkpoint and the rows dropped as late.
 //!

@@ -630,6 +630,7 @@ impl Coordinator {
                     .collect::<StreamResult<_>>()?;
                 Box::new(ops::delta_sink::DeltaSinkOp::new(def.id, schema, keys)?)
             }
+            Some(sink) if sink.is_blackhole() => Box::new(ops::blackhole::BlackholeOp::new(sink.counter.clone())),
             Some(sink) => Box::new(ops::sink::SinkOp::new(def.id, sink, schema)?),
             None => Box::new(MaterializeOp::new(self.db.clone(), keys::mv_prefix(def.id), schema)?),
         };
@@ -819,7 +820,7 @@ fn backfill(db: &DB, read_seq: u64, inputs: Vec<Backfill>) -> StreamResult<u64> 
     for input in inputs {
         match input {
             Backfill::Table { table, projection, tx } if table.def.source => {
-                crate::connector::kafka::backfill_source(&snapshot, &table, projection.as_deref(), &mut |batch| {
+                crate::connector::backfill_source(&snapshot, &table, projection.as_deref(), &mut |batch| {
                     send_blocking(&tx, batch, None)
                 })?;
             }

@@ -67,6 +67,11 @@ pub async fn record_start(
 }
 
 impl IngestHandle {
+    /// A handle that stops whatever watches `stop` (datagen's thread).
+    pub fn new(stop: Arc<AtomicBool>) -> Self {
+        Self { stop }
+    }
+
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
     }

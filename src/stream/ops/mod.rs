@@ -5,6 +5,7 @@
 //! tree; multi-input operators align barriers across inputs.
 
 pub mod aggregate;
+pub mod blackhole;
 pub mod delta_sink;
 pub mod join;
 pub mod map;

@@ -278,7 +278,7 @@ mod tests {
         .iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .collect();
-        SinkOp::new(7, &SinkDef { options, format, encode: crate::connector::Encode::Json, from: None, eowc: false }, schema).unwrap()
+        SinkOp::new(7, &SinkDef { options, format, encode: crate::connector::Encode::Json, from: None, eowc: false, counter: None }, schema).unwrap()
     }
 
     fn changes(op: &SinkOp, rows: &[(&str, i64, i64)]) -> Changes {
