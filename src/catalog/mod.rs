@@ -158,6 +158,9 @@ pub struct MatView {
     pub def: MvDef,
     /// Its columns (every column nullable).
     pub schema: SchemaRef,
+    /// Whether its rows are only ever added (its plan is append-only), so
+    /// a view or a `FORMAT PLAIN` sink reading it sees inserts only.
+    pub append_only: bool,
 }
 
 /// A plain view: its definition and its plan, inlined where it is used.

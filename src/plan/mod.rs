@@ -153,13 +153,17 @@ pub struct StreamPlan {
     pub mvs: Vec<u64>,
 }
 
-/// Whether a plan only ever inserts rows: sources (Kafka messages) through
-/// filters, projections and unions. Everything else may retract.
+/// Whether a plan only ever inserts rows: sources, APPEND ONLY tables and
+/// append-only views, through filters, projections, unions, inner joins
+/// and EMIT ON WINDOW CLOSE aggregates. Everything else may retract.
 pub fn append_only(node: &PlanNode) -> bool {
     match &node.op {
         Op::TableSource { table, .. } => table.def.is_append_only(),
         Op::Filter { .. } | Op::Project { .. } | Op::Union => node.inputs.iter().all(append_only),
         Op::Aggregate { window: Some(w), .. } => w.emit_on_close,
+        Op::MvSource { mv } => mv.append_only,
+        // Inner joins delete output only when an input row is deleted.
+        Op::Join { kind: JoinKind::Inner, .. } => node.inputs.iter().all(append_only),
         _ => false,
     }
 }
@@ -349,7 +353,7 @@ impl Builder<'_> {
                 let src = self.leaf(
                     Op::MvSource { mv: mv.clone() },
                     full.clone(),
-                    format!("MvSource: view={name}, emits=retracting"),
+                    format!("MvSource: view={name}, emits={}", if mv.append_only { "append-only" } else { "retracting" }),
                 );
                 let projection = scan.projection.clone().unwrap_or_default();
                 let exprs = projection
@@ -368,7 +372,7 @@ impl Builder<'_> {
                     watermarks: Vec::new(),
                 });
             }
-            let label = format!("MvSource: view={name}, emits=retracting");
+            let label = format!("MvSource: view={name}, emits={}", if mv.append_only { "append-only" } else { "retracting" });
             return Ok(self.leaf(Op::MvSource { mv }, schema, label));
         }
         unsupported(format!("reading {name} (not a table or materialized view)"))
