@@ -33,6 +33,12 @@ pub struct Config {
     /// Memory for cached operator state, in MiB (state beyond it is read
     /// from RocksDB).
     pub state_cache_mb: usize,
+    /// A folder of `*.sql` files applied once each, in name order, at
+    /// start-up.
+    pub migrations: Option<PathBuf>,
+    /// Start the built-in demo (the fraud-detection example on generated
+    /// data) if it is not running yet.
+    pub demo: bool,
 }
 
 impl Default for Config {
@@ -44,6 +50,8 @@ impl Default for Config {
             max_connections: 256,
             checkpoint_interval_ms: 1000,
             state_cache_mb: 256,
+            migrations: None,
+            demo: false,
         }
     }
 }

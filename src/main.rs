@@ -38,6 +38,12 @@ struct ServeArgs {
     /// Memory for cached operator state, in MiB [default: 256]
     #[arg(long, env = "EDDY_STATE_CACHE_MB")]
     state_cache_mb: Option<usize>,
+    /// Folder of *.sql files applied once each, in name order, at start-up
+    #[arg(long, env = "EDDY_MIGRATIONS")]
+    migrations: Option<PathBuf>,
+    /// Start the built-in demo: fraud detection on generated transactions
+    #[arg(long, env = "EDDY_DEMO")]
+    demo: bool,
 }
 
 /// glibc gives every thread that allocates its own arena and rarely hands
@@ -80,6 +86,10 @@ fn main() -> anyhow::Result<()> {
     if let Some(mb) = args.state_cache_mb {
         config.state_cache_mb = mb;
     }
+    if let Some(dir) = args.migrations {
+        config.migrations = Some(dir);
+    }
+    config.demo |= args.demo;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = runtime.block_on(eddy::server::run(config));
     // A query that is mid-computation cannot be interrupted; do not let it

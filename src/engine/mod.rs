@@ -13,6 +13,7 @@ pub mod datagen;
 pub mod ddl;
 pub mod dml;
 pub mod error;
+pub mod migrate;
 pub mod mv;
 pub mod mv_provider;
 pub mod names;

@@ -69,6 +69,13 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let addr = config.listen_addr()?;
     let store = Arc::new(Store::open(&config.data_dir, config.group_commit_max)?);
     let engine = Arc::new(Engine::open(store, config.stream_config()).await?);
+    if let Some(dir) = &config.migrations {
+        crate::engine::migrate::apply_dir(&engine, dir).await?;
+    }
+    if config.demo {
+        crate::engine::migrate::demo(&engine).await?;
+        tracing::info!("demo running: try SELECT * FROM alerts; (docs in sql/examples/fraud/views.sql)");
+    }
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| ServerError::Listen { addr: addr.to_string(), source })?;
