@@ -152,6 +152,9 @@ impl Engine {
 
     /// Parses SQL text (possibly several statements) into statements.
     pub fn parse(&self, sql: &str) -> EngineResult<Vec<Statement>> {
+        // `t FOR SYSTEM_TIME AS OF PROCTIME()` (temporal joins).
+        let rewritten = crate::plan::window::proctime_text(sql);
+        let sql = rewritten.as_deref().unwrap_or(sql);
         let lower = sql.to_ascii_lowercase();
         if ["flush", "source", "sink", "connector", "watermark", "append", "emit"].iter().any(|w| lower.contains(w)) {
             if let Some(stmts) = self.parse_with_flush(sql)? {

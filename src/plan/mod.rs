@@ -104,7 +104,10 @@ pub enum Op {
     /// With `window`, the first group column is the window: its groups
     /// close when the watermark passes them.
     Aggregate { group: Vec<PhysExpr>, aggs: Vec<AggSpec>, window: Option<WindowAgg> },
-    Join { kind: JoinKind, left_keys: Vec<PhysExpr>, right_keys: Vec<PhysExpr> },
+    /// With `temporal`, the right side is a table read as of processing
+    /// time (`FOR SYSTEM_TIME AS OF PROCTIME()`): its changes update the
+    /// lookup state but never the output, and left rows are not stored.
+    Join { kind: JoinKind, left_keys: Vec<PhysExpr>, right_keys: Vec<PhysExpr>, temporal: bool },
     Union,
     /// Rows `skip .. skip + limit` per partition in `order`; with `rank`, a
     /// `row_number` column is appended.
@@ -162,6 +165,8 @@ pub fn append_only(node: &PlanNode) -> bool {
         Op::Filter { .. } | Op::Project { .. } | Op::Union => node.inputs.iter().all(append_only),
         Op::Aggregate { window: Some(w), .. } => w.emit_on_close,
         Op::MvSource { mv } => mv.append_only,
+        // A temporal join's output follows its stream side alone.
+        Op::Join { temporal: true, .. } => node.inputs.first().is_some_and(append_only),
         // Inner joins delete output only when an input row is deleted.
         Op::Join { kind: JoinKind::Inner, .. } => node.inputs.iter().all(append_only),
         _ => false,
@@ -557,20 +562,39 @@ impl Builder<'_> {
         if j.filter.is_some() && kind != JoinKind::Inner {
             return unsupported(format!("a non-equality condition in a {:?} join", j.join_type));
         }
+        let temporal = reads_proctime(&j.right);
+        if reads_proctime(&j.left) {
+            return unsupported("a table FOR SYSTEM_TIME AS OF PROCTIME() on the left of a join (put it on the right: stream JOIN table FOR SYSTEM_TIME AS OF PROCTIME())");
+        }
+        if temporal && !matches!(kind, JoinKind::Inner | JoinKind::Left) {
+            return unsupported(format!("a {:?} temporal join (use JOIN or LEFT JOIN)", j.join_type));
+        }
         let filter_id = j.filter.as_ref().map(|_| self.id());
         let id = self.id();
         let left = self.node(&j.left, None)?;
         let right = self.node(&j.right, None)?;
+        if temporal && !append_only(&left) {
+            return unsupported(
+                "a temporal join whose left side can update or delete rows (it must be a source, an APPEND ONLY table or an append-only view)",
+            );
+        }
         let left_keys = j.on.iter().map(|(l, _)| self.phys(l, j.left.schema())).collect::<PlanResult<Vec<_>>>()?;
         let right_keys = j.on.iter().map(|(_, r)| self.phys(r, j.right.schema())).collect::<PlanResult<Vec<_>>>()?;
         let keys = j.on.iter().map(|(l, r)| format!("{l} = {r}")).collect::<Vec<_>>().join(" AND ");
-        let label = format!(
-            "Join: type={:?}, on=[{keys}], state=rows of both sides by join key + match counts, emits=retracting",
-            j.join_type
-        );
+        let label = if temporal {
+            format!(
+                "TemporalJoin: type={:?}, on=[{keys}], state=the table's rows by join key (stream rows are not kept), emits=append-only",
+                j.join_type
+            )
+        } else {
+            format!(
+                "Join: type={:?}, on=[{keys}], state=rows of both sides by join key + match counts, emits=retracting",
+                j.join_type
+            )
+        };
         let node = PlanNode {
             id,
-            op: Op::Join { kind, left_keys, right_keys },
+            op: Op::Join { kind, left_keys, right_keys, temporal },
             schema: schema.clone(),
             inputs: vec![left, right],
             label,
@@ -688,6 +712,19 @@ impl Builder<'_> {
             label,
             watermarks: Vec::new(),
         })
+    }
+}
+
+/// Whether a join input reads a table `FOR SYSTEM_TIME AS OF PROCTIME()`
+/// (the alias [`window::PROCTIME_ALIAS`] marks it), through aliases,
+/// projections and filters.
+fn reads_proctime(plan: &LogicalPlan) -> bool {
+    match plan {
+        LogicalPlan::SubqueryAlias(a) if a.alias.table() == window::PROCTIME_ALIAS => true,
+        LogicalPlan::SubqueryAlias(a) => reads_proctime(&a.input),
+        LogicalPlan::Projection(p) => reads_proctime(&p.input),
+        LogicalPlan::Filter(f) => reads_proctime(&f.input),
+        _ => false,
     }
 }
 

@@ -8,6 +8,12 @@
 //!   windows a row falls in, as a `UNION ALL` (`window_start` =
 //!   `date_bin(slide, ts, origin) - j * slide`).
 //!
+//! - `rel FOR SYSTEM_TIME AS OF PROCTIME()` (a temporal join's table,
+//!   which [`proctime_text`] turns into `eddy_proctime(rel)` before sqlparser
+//!   sees it) → `(SELECT * FROM (SELECT * FROM rel) AS __eddy_proctime) AS
+//!   rel`: the inner alias marks the table for the planner
+//!   ([`PROCTIME_ALIAS`]).
+//!
 //! The origin is the Unix epoch (windows align to it, like RisingWave's
 //! without an offset). Because `date_bin(size, ts, ...)` never decreases
 //! when `ts` grows, `window_start` and `window_end` carry `ts`'s watermark
@@ -25,6 +31,65 @@ use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
 use super::{PlanError, PlanResult};
+
+/// The alias that marks a table read `FOR SYSTEM_TIME AS OF PROCTIME()`.
+pub const PROCTIME_ALIAS: &str = "__eddy_proctime";
+
+/// Rewrites `rel FOR SYSTEM_TIME AS OF PROCTIME()` into
+/// `eddy_proctime(rel)`, which sqlparser's Postgres dialect parses (it
+/// knows no table versions). Token-level; other text is kept as written.
+pub fn proctime_text(sql: &str) -> Option<String> {
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    if !sql.to_ascii_lowercase().contains("system_time") {
+        return None;
+    }
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize().ok()?;
+    let word = |t: &Token, w: &str| matches!(t, Token::Word(x) if x.value.eq_ignore_ascii_case(w));
+    let mut out: Vec<Token> = Vec::with_capacity(tokens.len());
+    let mut i = 0;
+    let mut changed = false;
+    while i < tokens.len() {
+        // The next `n` non-whitespace tokens from `i` with their positions.
+        let ahead: Vec<usize> = (i..tokens.len()).filter(|&j| !matches!(tokens[j], Token::Whitespace(_))).take(8).collect();
+        let pattern = ahead.len() == 8
+            && word(&tokens[ahead[0]], "for")
+            && word(&tokens[ahead[1]], "system_time")
+            && word(&tokens[ahead[2]], "as")
+            && word(&tokens[ahead[3]], "of")
+            && word(&tokens[ahead[4]], "proctime")
+            && tokens[ahead[5]] == Token::LParen
+            && tokens[ahead[6]] == Token::RParen;
+        if pattern && i == ahead[0] {
+            // The relation name: the last non-whitespace tokens before, a
+            // (possibly dotted) name.
+            let mut end = out.len();
+            while end > 0 && matches!(out[end - 1], Token::Whitespace(_)) {
+                end -= 1;
+            }
+            let mut start = end;
+            if start > 0 && matches!(out[start - 1], Token::Word(_)) {
+                start -= 1;
+                while start >= 2 && out[start - 1] == Token::Period && matches!(out[start - 2], Token::Word(_)) {
+                    start -= 2;
+                }
+            }
+            if start == end {
+                return None;
+            }
+            let name: Vec<Token> = out.drain(start..).filter(|t| !matches!(t, Token::Whitespace(_))).collect();
+            out.push(Token::make_word("eddy_proctime", None));
+            out.push(Token::LParen);
+            out.extend(name);
+            out.push(Token::RParen);
+            i = ahead[6] + 1;
+            changed = true;
+            continue;
+        }
+        out.push(tokens[i].clone());
+        i += 1;
+    }
+    changed.then(|| out.iter().map(|t| t.to_string()).collect())
+}
 
 /// Windows of one kind: the most `HOP` may expand a row into.
 const MAX_HOP_WINDOWS: i64 = 1024;
@@ -57,6 +122,30 @@ impl VisitorMut for Rewriter {
             return ControlFlow::Continue(());
         };
         let kind = name.to_string().to_ascii_lowercase();
+        if kind == "eddy_proctime" {
+            let relation = match args.args.as_slice() {
+                [FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Identifier(i)))] => i.to_string(),
+                [FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::CompoundIdentifier(p)))] => {
+                    p.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(".")
+                }
+                _ => {
+                    self.error = Some(bad("FOR SYSTEM_TIME AS OF PROCTIME() follows a table's name"));
+                    return ControlFlow::Break(());
+                }
+            };
+            let sql = format!("SELECT * FROM (SELECT * FROM {relation}) AS {PROCTIME_ALIAS}");
+            let query = match Parser::new(&PostgreSqlDialect {}).try_with_sql(&sql).and_then(|mut p| p.parse_query()) {
+                Ok(q) => q,
+                Err(e) => {
+                    self.error = Some(bad(e.to_string()));
+                    return ControlFlow::Break(());
+                }
+            };
+            let short = relation.rsplit('.').next().unwrap_or(&relation).to_string();
+            let alias = alias.clone().unwrap_or_else(|| TableAlias { name: Ident::new(short), columns: Vec::new(), explicit: true, at: None });
+            *factor = TableFactor::Derived { lateral: false, subquery: query, alias: Some(alias), sample: None };
+            return ControlFlow::Continue(());
+        }
         if kind != "tumble" && kind != "hop" {
             return ControlFlow::Continue(());
         }
@@ -188,5 +277,16 @@ mod tests {
         assert!(rewritten("SELECT * FROM TUMBLE(t, ts)").is_err());
         assert!(rewritten("SELECT * FROM TUMBLE(t, ts, INTERVAL '1' MONTH)").is_err());
         assert!(rewritten("SELECT * FROM t").is_ok());
+    }
+
+    #[test]
+    fn proctime_becomes_a_marked_subquery() {
+        let text = proctime_text("SELECT * FROM s JOIN accounts FOR SYSTEM_TIME AS OF PROCTIME() AS a ON a.id = s.id").unwrap();
+        assert_eq!(text, "SELECT * FROM s JOIN eddy_proctime(accounts) AS a ON a.id = s.id");
+        let s = rewritten(&text).unwrap();
+        assert!(s.contains("JOIN (SELECT * FROM (SELECT * FROM accounts) AS __eddy_proctime) AS a ON"), "{s}");
+        let s = rewritten(&proctime_text("SELECT * FROM s LEFT JOIN public.t FOR SYSTEM_TIME AS OF PROCTIME() ON t.k = s.k").unwrap()).unwrap();
+        assert!(s.contains("(SELECT * FROM public.t) AS __eddy_proctime) AS t ON"), "{s}");
+        assert_eq!(proctime_text("SELECT 1"), None);
     }
 }

@@ -765,6 +765,14 @@ impl Coordinator {
             self.graphs.values().flat_map(|g| g.tables.iter().copied()).collect();
         let unlog: Vec<u64> =
             graph.map(|g| g.tables.into_iter().filter(|t| !still_needed.contains(t)).collect()).unwrap_or_default();
+        // A table no view reads has no live watermark (its last value stays
+        // stored for the next view).
+        for t in &unlog {
+            self.watermarks.remove(t);
+            if let Ok(mut status) = self.watermark_status.lock() {
+                status.remove(t);
+            }
+        }
         self.writer
             .write(true, move |txn| {
                 txn.delete(keys::meta_key(keys::META_MV_PREFIX, mv_id));

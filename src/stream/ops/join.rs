@@ -12,6 +12,14 @@
 //! anti joins emit the kept side's rows on the same transitions. Rows with
 //! a NULL in the key never match; on a preserved side they are emitted
 //! padded without being stored.
+//!
+//! A **temporal join** (`stream JOIN t FOR SYSTEM_TIME AS OF PROCTIME()`,
+//! inner or left) looks each stream row up in the table as it is when the
+//! row arrives: the table's changes update its state and nothing else (a
+//! row already joined keeps the version it met), and stream rows are not
+//! stored. Its output is append-only when the stream is. Stream rows that
+//! arrive before the operator's first barrier wait for it, so that a new
+//! view's back-filled stream meets the whole back-filled table.
 
 use std::collections::HashMap;
 
@@ -37,6 +45,11 @@ pub struct JoinOp {
     schemas: [SchemaRef; 2],
     out_schema: SchemaRef,
     state: StateTable,
+    temporal: bool,
+    /// Temporal joins: stream rows that arrived before the first barrier,
+    /// looked up at that barrier, once the table's own back-filled rows
+    /// (which precede the barrier on its input) are all in.
+    held: Option<Vec<Changes>>,
 }
 
 impl JoinOp {
@@ -47,6 +60,7 @@ impl JoinOp {
         input_schemas: [SchemaRef; 2],
         out_schema: SchemaRef,
         state: StateTable,
+        temporal: bool,
     ) -> StreamResult<Self> {
         let key_types = left_keys
             .iter()
@@ -62,6 +76,8 @@ impl JoinOp {
             schemas: input_schemas,
             out_schema,
             state,
+            temporal,
+            held: temporal.then(Vec::new),
         })
     }
 
@@ -130,6 +146,12 @@ impl Pairs {
 
 impl Operator for JoinOp {
     fn process(&mut self, side: usize, changes: Changes) -> StreamResult<Vec<Changes>> {
+        if side == 0 {
+            if let Some(held) = &mut self.held {
+                held.push(changes);
+                return Ok(Vec::new());
+            }
+        }
         let other = 1 - side;
         let n = changes.len();
         let weights = changes.weights.values();
@@ -149,9 +171,13 @@ impl Operator for JoinOp {
         // Rows by key; NULL keys never match.
         let mut groups: HashMap<&[u8], Vec<usize>, foldhash::fast::RandomState> = HashMap::default();
         let mut order: Vec<&[u8]> = Vec::new();
+        // Temporal: the table side (1) only updates the lookup state; the
+        // stream side (0) is only looked up, never stored.
+        let emits = !(self.temporal && side == 1);
+        let stores = !(self.temporal && side == 0);
         for i in 0..n {
             if key_cols.iter().any(|c| c.is_null(i)) {
-                if self.preserved(side) || kept == Some((side, true)) {
+                if emits && (self.preserved(side) || kept == Some((side, true))) {
                     pairs.push(Some(i), None, weights[i]);
                 }
                 continue;
@@ -180,7 +206,7 @@ impl Operator for JoinOp {
                 Vec::new()
             };
             // This side's rows against the other side's state.
-            for &i in members {
+            for &i in members.iter().filter(|_| emits) {
                 let w = weights[i];
                 match kept {
                     Some((s, anti)) if s == side => {
@@ -204,7 +230,10 @@ impl Operator for JoinOp {
             let before = self.degree(side, key)?;
             let delta: i64 = members.iter().map(|&i| weights[i]).sum();
             let after = before + delta;
-            if (before > 0) != (after > 0) && other_degree > 0 {
+            if !stores {
+                continue;
+            }
+            if (before > 0) != (after > 0) && other_degree > 0 && !self.temporal {
                 let now_matched = after > 0;
                 let sign_for_other = match kept {
                     Some((s, anti)) if s == other => Some(if now_matched != anti { 1 } else { -1 }),
@@ -251,9 +280,15 @@ impl Operator for JoinOp {
     }
 
     fn barrier(&mut self, epoch: u64) -> StreamResult<(Vec<Changes>, Vec<StateWrite>)> {
+        let mut out = Vec::new();
+        if let Some(held) = self.held.take() {
+            for changes in held {
+                out.extend(self.process(0, changes)?);
+            }
+        }
         let writes = self.state.take_dirty(epoch);
         self.state.evict_if_needed();
-        Ok((Vec::new(), writes))
+        Ok((out, writes))
     }
 }
 

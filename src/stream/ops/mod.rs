@@ -121,13 +121,14 @@ pub fn spawn(node: PlanNode, ctx: &Arc<OpContext>, sources: &mut Vec<SourceInput
             ctx.state_table(id),
             window.map(|w| (w, input_schemas.first().cloned())).and_then(|(w, s)| s.map(|s| (w, s))),
         )?),
-        Op::Join { kind, left_keys, right_keys } => Box::new(join::JoinOp::new(
+        Op::Join { kind, left_keys, right_keys, temporal } => Box::new(join::JoinOp::new(
             kind,
             left_keys,
             right_keys,
             [input_schema(0)?, input_schema(1)?],
             schema,
             ctx.state_table(id),
+            temporal,
         )?),
         Op::TopN { partition, order, skip, limit, rank } => Box::new(topn::TopNOp::new(
             partition,
