@@ -16,6 +16,7 @@ pub mod decode;
 pub mod delta;
 pub mod kafka;
 pub mod metrics;
+pub mod reader;
 pub mod spec;
 pub mod sql;
 

@@ -9,6 +9,7 @@
 //! keep up with it simply writes chunks back to back. A bounded source
 //! (a sequence column) ends its thread after the last row.
 
+use crate::connector::reader::{lock, sleep_unless};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -57,39 +58,12 @@ pub fn stored_offset(read: impl Fn(&[u8]) -> Result<Option<Vec<u8>>, rocksdb::Er
 /// Starts the thread.
 pub fn spawn(ingest: Ingest) -> IngestHandle {
     let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
     let name = format!("eddy-datagen-{}", ingest.table.name());
-    let spawned = std::thread::Builder::new().name(name).spawn(move || {
-        let mut backoff = Duration::from_millis(500);
-        while !flag.load(Ordering::SeqCst) {
-            match run(&ingest, &flag) {
-                Ok(()) => break,
-                Err(e) => {
-                    let message = e.to_string();
-                    tracing::warn!(source = ingest.table.name(), "datagen stopped: {message}; retrying in {backoff:?}");
-                    lock(&ingest.stats).last_error = Some(message);
-                    sleep_unless(&flag, backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                }
-            }
-        }
-    });
-    if let Err(e) = spawned {
-        tracing::error!("could not start a datagen thread: {e}");
-    }
+    let (source, stats) = (ingest.table.name().to_string(), ingest.stats.clone());
+    crate::connector::reader::spawn(name, source, stats, stop.clone(), move |flag| run(&ingest, flag));
     IngestHandle::new(stop)
 }
 
-fn lock(stats: &Mutex<SourceStats>) -> std::sync::MutexGuard<'_, SourceStats> {
-    stats.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn sleep_unless(flag: &AtomicBool, d: Duration) {
-    let end = Instant::now() + d;
-    while Instant::now() < end && !flag.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(20).min(d));
-    }
-}
 
 /// Runs until stopped, dropped or (bounded) done; `Err` to start over from
 /// the stored offset.

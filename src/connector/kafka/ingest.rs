@@ -20,6 +20,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use rocksdb::DB;
 
+use crate::connector::reader::lock;
 use super::{CHUNK_MESSAGES, consumer, decoder_for, message_ref, start_offset, stored_offsets};
 use crate::catalog::Table;
 use crate::connector::decode::{Decoded, RowOp};
@@ -106,35 +107,8 @@ pub fn spawn(ingest: Ingest, workers: usize) -> IngestHandle {
 
 fn spawn_worker(ingest: Arc<Ingest>, flag: Arc<AtomicBool>, worker: usize, workers: usize) {
     let name = format!("eddy-ingest-{}-{worker}", ingest.table.name());
-    let spawned = std::thread::Builder::new().name(name).spawn(move || {
-        let mut backoff = Duration::from_millis(500);
-        while !flag.load(Ordering::SeqCst) {
-            match run(&ingest, &flag, worker, workers) {
-                Ok(()) => break,
-                Err(e) => {
-                    let message = e.to_string();
-                    tracing::warn!(source = ingest.table.name(), "ingest stopped: {message}; retrying in {backoff:?}");
-                    lock(&ingest.stats).last_error = Some(message);
-                    sleep_unless(&flag, backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                }
-            }
-        }
-    });
-    if let Err(e) = spawned {
-        tracing::error!("could not start an ingest thread: {e}");
-    }
-}
-
-fn lock(stats: &Mutex<SourceStats>) -> std::sync::MutexGuard<'_, SourceStats> {
-    stats.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn sleep_unless(flag: &AtomicBool, d: Duration) {
-    let end = Instant::now() + d;
-    while Instant::now() < end && !flag.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (source, stats) = (ingest.table.name().to_string(), ingest.stats.clone());
+    crate::connector::reader::spawn(name, source, stats, flag, move |stop| run(&ingest, stop, worker, workers));
 }
 
 /// Runs until stopped; `Err` when the consumer must be rebuilt.
