@@ -67,19 +67,29 @@ const MICROS_PER_DAY: i64 = 86_400_000_000;
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 const ALPHANUMERIC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 
-/// Whether a connector's options name the datagen connector.
-pub fn is_datagen(options: &BTreeMap<String, String>) -> bool {
-    options.get("connector").is_some_and(|c| c.trim().eq_ignore_ascii_case(CONNECTOR))
+/// Whether a connector's options name a generating connector: datagen, or
+/// nexmark ([`super::nexmark`]), which shares all of this module but the
+/// making of rows.
+pub fn is_generated(options: &BTreeMap<String, String>) -> bool {
+    options.get("connector").is_some_and(|c| c.trim().eq_ignore_ascii_case(CONNECTOR)) || super::nexmark::is_nexmark(options)
 }
 
-/// Whether a source or table is fed by datagen.
-pub fn is_datagen_table(table: &Table) -> bool {
-    table.def.connector.as_ref().is_some_and(|c| is_datagen(&c.options))
+/// Whether a source or table is fed by datagen or nexmark.
+pub fn is_generated_table(table: &Table) -> bool {
+    table.def.connector.as_ref().is_some_and(|c| is_generated(&c.options))
+}
+
+/// The name of a generating connector (`datagen` or `nexmark`).
+pub fn connector_name(options: &BTreeMap<String, String>) -> &'static str {
+    if super::nexmark::is_nexmark(options) { super::nexmark::CONNECTOR } else { CONNECTOR }
 }
 
 /// Fills in what must never change after CREATE: the `start` of every
 /// timestamp or date column that has none becomes `now`.
 pub fn fix_options(options: &mut BTreeMap<String, String>, columns: &[ColumnDef], now: DateTime<Utc>) {
+    if super::nexmark::is_nexmark(options) {
+        return super::nexmark::fix_options(options, now.timestamp_millis());
+    }
     for c in columns {
         if matches!(c.sql_type, SqlType::Timestamp | SqlType::TimestampTz | SqlType::Date) {
             let key = format!("fields.{}.start", c.name.to_lowercase());
@@ -138,6 +148,8 @@ enum Gen {
 pub struct Generator {
     schema: SchemaRef,
     columns: Vec<(SqlType, Gen)>,
+    /// Set for a nexmark source, which makes its rows instead.
+    nexmark: Option<Box<super::nexmark::Nexmark>>,
     pub rows_per_second: u64,
     /// Rows in all when a sequence column bounds the source.
     pub limit: Option<u64>,
@@ -218,6 +230,11 @@ impl Generator {
     /// Arrow form): every error is the user's (22023, or 0A000 for a
     /// column type datagen cannot make).
     pub fn new(columns: &[ColumnDef], schema: SchemaRef, options: &BTreeMap<String, String>) -> ConnectorResult<Self> {
+        if super::nexmark::is_nexmark(options) {
+            let nexmark = super::nexmark::Nexmark::new(columns, schema.clone(), options)?;
+            let (rows_per_second, limit) = (nexmark.rows_per_second, nexmark.limit);
+            return Ok(Self { schema, columns: Vec::new(), nexmark: Some(Box::new(nexmark)), rows_per_second, limit });
+        }
         let mut per_column: Vec<BTreeMap<&str, &str>> = vec![BTreeMap::new(); columns.len()];
         for (key, value) in options {
             match key.as_str() {
@@ -263,11 +280,14 @@ impl Generator {
             }
             gens.push((column.sql_type.clone(), generator));
         }
-        Ok(Self { schema, columns: gens, rows_per_second, limit })
+        Ok(Self { schema, columns: gens, nexmark: None, rows_per_second, limit })
     }
 
     /// Rows `[from, from + n)`, cut short at the end of a bounded source.
     pub fn generate(&self, from: u64, n: usize) -> ConnectorResult<RecordBatch> {
+        if let Some(nexmark) = &self.nexmark {
+            return nexmark.generate(from, n);
+        }
         let n = match self.limit {
             Some(limit) => (limit.saturating_sub(from)).min(n as u64) as usize,
             None => n,

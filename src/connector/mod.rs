@@ -16,6 +16,7 @@ pub mod decode;
 pub mod delta;
 pub mod kafka;
 pub mod metrics;
+pub mod nexmark;
 pub mod reader;
 pub mod spec;
 pub mod sql;
@@ -72,7 +73,7 @@ pub fn backfill_source(
     projection: Option<&[usize]>,
     out: &mut dyn FnMut(datafusion::arrow::array::RecordBatch) -> crate::stream::StreamResult<()>,
 ) -> crate::stream::StreamResult<()> {
-    if datagen::is_datagen_table(table) {
+    if datagen::is_generated_table(table) {
         datagen::ingest::backfill_source(snapshot, table, projection, out)
     } else {
         kafka::backfill_source(snapshot, table, projection, out)

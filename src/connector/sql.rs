@@ -380,7 +380,7 @@ fn parse_create_source(c: &mut Cursor, table: bool) -> Result<StreamStatement> {
     let options = c.options()?;
     let (format, encode, encode_options) = if c.peek_word() == "format" {
         c.format()?
-    } else if crate::connector::datagen::is_datagen(&options) {
+    } else if crate::connector::datagen::is_generated(&options) {
         (Format::Plain, Encode::Json, BTreeMap::new())
     } else {
         return Err(SyntaxError(format!(

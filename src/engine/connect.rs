@@ -153,7 +153,7 @@ async fn create_source(
         return Err(EngineError::user("42601", "could not read the column list"));
     };
     let (mut columns, primary_key) = super::ddl::table_columns(&ct, &name)?;
-    if crate::connector::datagen::is_datagen(&connector.options) {
+    if crate::connector::datagen::is_generated(&connector.options) {
         extras.check(&columns, !table)?;
         return super::datagen::create_source(engine, table, if_not_exists, name, columns, primary_key, connector, extras)
             .await;
@@ -233,7 +233,7 @@ async fn create_source(
 /// Starts reading the topic of a source or Kafka table (or generating
 /// the rows of a datagen one).
 pub fn start_ingest(engine: &Engine, table: Arc<Table>) {
-    if crate::connector::datagen::is_datagen_table(&table) {
+    if crate::connector::datagen::is_generated_table(&table) {
         let name = table.name().to_string();
         if let Err(e) = super::datagen::start_ingest(engine, table) {
             tracing::error!(source = name, "datagen cannot start: {e}");

@@ -1,5 +1,6 @@
-//! The connectors that need no outside system: `connector = 'datagen'`
-//! sources and tables ([`crate::connector::datagen`]) and `connector =
+//! The connectors that need no outside system: `connector = 'datagen'` and
+//! `connector = 'nexmark'` sources and tables ([`crate::connector::datagen`],
+//! [`crate::connector::nexmark`]) and `connector =
 //! 'blackhole'` sinks ([`crate::stream::ops::blackhole`]). [`super::connect`]
 //! hands their CREATE, start-up and restore here.
 
@@ -27,11 +28,12 @@ pub(super) async fn create_source(
     extras: super::connect::TableExtras,
 ) -> EngineResult<Output> {
     let tag = if table { "CREATE TABLE" } else { "CREATE SOURCE" };
+    let kind = datagen::connector_name(&connector.options);
     if !connector.includes.is_empty() {
-        return Err(EngineError::user("0A000", "INCLUDE adds Kafka metadata; a datagen source has none"));
+        return Err(EngineError::user("0A000", format!("INCLUDE adds Kafka metadata; a {kind} source has none")));
     }
     if connector.format != Format::Plain {
-        return Err(EngineError::user("0A000", "a datagen source is FORMAT PLAIN (or has no FORMAT clause)"));
+        return Err(EngineError::user("0A000", format!("a {kind} source is FORMAT PLAIN (or has no FORMAT clause)")));
     }
     // The start of event time is fixed now, so the rows never change.
     datagen::fix_options(&mut connector.options, &columns, chrono::Utc::now());
@@ -66,7 +68,8 @@ pub(super) async fn create_source(
 /// Starts generating the rows of a datagen source or table.
 pub fn start_ingest(engine: &Engine, table: Arc<Table>) -> EngineResult<()> {
     let generator = Generator::for_table(&table)?;
-    let stats = engine.connectors.metrics.source(table.name(), datagen::CONNECTOR);
+    let kind = table.def.connector.as_ref().map_or(datagen::CONNECTOR, |c| datagen::connector_name(&c.options));
+    let stats = engine.connectors.metrics.source(table.name(), kind);
     let id = table.id();
     let handle = datagen::ingest::spawn(datagen::ingest::Ingest {
         table,

@@ -138,6 +138,9 @@ impl Engine {
         db_catalog.register_schema(system::SYSTEM_SCHEMA, Arc::new(system::SystemSchema::new(connectors.metrics.clone()).with_stream(&stream)))?;
         ctx.register_catalog(DATABASE, db_catalog);
         pg::install(&ctx, catalog.clone())?;
+        for f in crate::plan::session::functions() {
+            ctx.register_udwf(f);
+        }
         Ok(Self {
             store,
             catalog,

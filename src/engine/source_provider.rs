@@ -74,7 +74,7 @@ impl TableProvider for SourceTable {
         let table = self.table.clone();
         let db = self.db.clone();
         let batches = tokio::task::spawn_blocking(move || {
-            if crate::connector::datagen::is_datagen_table(&table) {
+            if crate::connector::datagen::is_generated_table(&table) {
                 crate::connector::datagen::ingest::read_now(&db, &table)
             } else {
                 read_now(&table)

@@ -16,13 +16,14 @@ use datafusion::common::{DFSchema, JoinType, NullEquality, ScalarValue};
 use datafusion::execution::context::ExecutionProps;
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::{
-    Aggregate, BinaryExpr, Distinct, Expr, Filter, Join, Limit, LogicalPlan, Operator, Projection,
+    Aggregate, BinaryExpr, Distinct, Expr, ExprSchemable, Filter, Join, Limit, LogicalPlan, Operator, Projection,
     Sort, TableScan, Volatility, Window, WindowFunctionDefinition,
 };
 use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
 
 use crate::catalog::{Catalog, MatView, Table};
 
+pub mod session;
 pub mod watermark;
 pub mod window;
 
@@ -118,6 +119,11 @@ pub enum Op {
         limit: Option<usize>,
         rank: bool,
     },
+    /// Session windows ([`session`]): every input row, plus per entry of
+    /// `ends` its session's start (`false`) or end (`true`); `gap` in the
+    /// time column's unit. With `prune`, sessions the watermark has passed
+    /// are forgotten (append-only input only).
+    Session { partition: Vec<PhysExpr>, time: PhysExpr, gap: i64, ends: Vec<bool>, time_col: Option<usize>, prune: bool },
 }
 
 /// A GROUP BY whose first group column carries a watermark.
@@ -672,6 +678,13 @@ impl Builder<'_> {
     }
 
     fn window(&mut self, w: &Window, schema: SchemaRef, hint: RankHint) -> PlanResult<PlanNode> {
+        let is_session = |e: &Expr| {
+            matches!(e.clone().unalias(), Expr::WindowFunction(f)
+                if matches!(&f.fun, WindowFunctionDefinition::WindowUDF(u) if u.name() == session::START || u.name() == session::END))
+        };
+        if w.window_expr.iter().any(is_session) {
+            return self.session(w, schema);
+        }
         let [expr] = w.window_expr.as_slice() else {
             return unsupported("several window functions in one query");
         };
@@ -711,6 +724,76 @@ impl Builder<'_> {
             inputs: vec![child],
             label,
             watermarks: Vec::new(),
+        })
+    }
+}
+
+impl Builder<'_> {
+    /// `SESSION(...)`'s window functions ([`session`]) over one input.
+    fn session(&mut self, w: &Window, schema: SchemaRef) -> PlanResult<PlanNode> {
+        let mut ends = Vec::new();
+        let mut shape: Option<(Vec<Expr>, Vec<Expr>)> = None;
+        for e in &w.window_expr {
+            let Expr::WindowFunction(f) = e.clone().unalias() else {
+                return unsupported(format!("the window expression {e} next to SESSION"));
+            };
+            let WindowFunctionDefinition::WindowUDF(u) = &f.fun else {
+                return unsupported(format!("the window function {} next to SESSION", f.fun));
+            };
+            if u.name() != session::START && u.name() != session::END {
+                return unsupported(format!("the window function {} next to SESSION", u.name()));
+            }
+            ends.push(u.name() == session::END);
+            let this = (f.params.args.clone(), f.params.partition_by.clone());
+            if shape.as_ref().is_some_and(|s| *s != this) {
+                return unsupported("two different SESSION windows over one relation");
+            }
+            shape = Some(this);
+        }
+        let Some((args, partition_by)) = shape else {
+            return unsupported("an empty window node");
+        };
+        let [time, gap] = args.as_slice() else {
+            return Err(PlanError::Invalid("SESSION's functions take a time and a gap".into()));
+        };
+        let in_schema = w.input.schema();
+        let Ok(DataType::Timestamp(unit, _)) = time.get_type(in_schema) else {
+            return Err(PlanError::Invalid(format!("SESSION's time column {time} must be a TIMESTAMP")));
+        };
+        let gap = match gap {
+            Expr::Literal(ScalarValue::Int64(Some(g)), _) if *g > 0 => session::gap_in(unit, *g),
+            other => return Err(PlanError::Invalid(format!("SESSION's gap must be a positive constant, not {other}"))),
+        };
+        let id = self.id();
+        let child = self.node(&w.input, None)?;
+        let partition = partition_by.iter().map(|e| self.phys(e, in_schema)).collect::<PlanResult<Vec<_>>>()?;
+        let time_col = match time {
+            Expr::Column(c) => in_schema.index_of_column(c).ok(),
+            _ => None,
+        };
+        let inputs = in_schema.fields().len();
+        // Later changes all end at or after the time's watermark, so the
+        // session ends carry it; starts (merged sessions) do not.
+        let watermarks = match time_col {
+            Some(t) if child.watermarks.contains(&t) => {
+                ends.iter().enumerate().filter(|(_, e)| **e).map(|(j, _)| inputs + j).collect()
+            }
+            _ => Vec::new(),
+        };
+        let prune = append_only(&child) && !watermarks.is_empty();
+        let label = format!(
+            "Session: partition=[{}], time={time}, gap={gap}, state=rows of open sessions per partition{}, emits=retracting (sessions merge)",
+            partition_by.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", "),
+            if prune { " (closed sessions dropped by watermark)" } else { "" }
+        );
+        let time = self.phys(time, in_schema)?;
+        Ok(PlanNode {
+            id,
+            op: Op::Session { partition, time, gap, ends, time_col, prune },
+            schema,
+            inputs: vec![child],
+            label,
+            watermarks,
         })
     }
 }

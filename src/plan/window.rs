@@ -7,6 +7,11 @@
 //! - `HOP(rel, ts, slide, size)` → the same for each of the `size / slide`
 //!   windows a row falls in, as a `UNION ALL` (`window_start` =
 //!   `date_bin(slide, ts, origin) - j * slide`).
+//! - `SESSION(rel, ts, gap [, key ...])` → `(SELECT *,
+//!   eddy_session_start(ts, gap) OVER (PARTITION BY key ... ORDER BY ts) AS
+//!   window_start, eddy_session_end(...) AS window_end FROM rel) AS rel`:
+//!   sessions per key (usually the GROUP BY's other columns; none = one
+//!   session stream), see [`super::session`].
 //!
 //! - `rel FOR SYSTEM_TIME AS OF PROCTIME()` (a temporal join's table,
 //!   which [`proctime_text`] turns into `eddy_proctime(rel)` before sqlparser
@@ -107,7 +112,7 @@ pub fn rewrite(stmt: &mut Statement) -> PlanResult<()> {
 /// Whether SQL text may hold a window function (a cheap pre-check).
 pub fn mentions_window(sql: &str) -> bool {
     let lower = sql.to_ascii_lowercase();
-    lower.contains("tumble") || lower.contains("hop")
+    lower.contains("tumble") || lower.contains("hop") || lower.contains("session")
 }
 
 struct Rewriter {
@@ -146,7 +151,7 @@ impl VisitorMut for Rewriter {
             *factor = TableFactor::Derived { lateral: false, subquery: query, alias: Some(alias), sample: None };
             return ControlFlow::Continue(());
         }
-        if kind != "tumble" && kind != "hop" {
+        if kind != "tumble" && kind != "hop" && kind != "session" {
             return ControlFlow::Continue(());
         }
         let exprs: Vec<Expr> = args
@@ -177,7 +182,16 @@ fn bad(message: impl Into<String>) -> PlanError {
 
 /// The subquery replacing one window function, and the relation's name.
 fn window_query(kind: &str, args: &[Expr], given: usize) -> PlanResult<(Query, String)> {
-    let expected = if kind == "tumble" { 3 } else { 4 };
+    let expected = match kind {
+        "tumble" => 3,
+        "session" => given.max(3),
+        _ => 4,
+    };
+    if kind == "session" && (given < 3 || args.len() != given) {
+        return Err(bad(
+            "SESSION takes (relation, time column, gap[, key column, ...]), for example SESSION(clicks, ts, INTERVAL '30' MINUTE, user_id)",
+        ));
+    }
     if given != expected || args.len() != expected {
         return Err(bad(if kind == "tumble" {
             "TUMBLE takes (relation, time column, window size), for example TUMBLE(bids, ts, INTERVAL '1' MINUTE)"
@@ -192,7 +206,25 @@ fn window_query(kind: &str, args: &[Expr], given: usize) -> PlanResult<(Query, S
     };
     let time = args[1].to_string();
     let origin = "TIMESTAMP '1970-01-01 00:00:00'";
-    let sql = if kind == "tumble" {
+    let sql = if kind == "session" {
+        let gap = interval_micros(&args[2], "session gap")?;
+        let keys = args[3..]
+            .iter()
+            .map(|k| match k {
+                Expr::Identifier(_) | Expr::CompoundIdentifier(_) => Ok(k.to_string()),
+                other => Err(bad(format!("SESSION's keys must be columns, not {other}"))),
+            })
+            .collect::<PlanResult<Vec<_>>>()?;
+        let over = if keys.is_empty() {
+            format!("ORDER BY {time}")
+        } else {
+            format!("PARTITION BY {} ORDER BY {time}", keys.join(", "))
+        };
+        let (start, end) = (super::session::START, super::session::END);
+        format!(
+            "SELECT *, {start}({time}, {gap}) OVER ({over}) AS window_start, {end}({time}, {gap}) OVER ({over}) AS window_end FROM {relation}"
+        )
+    } else if kind == "tumble" {
         let size = interval_micros(&args[2], "window size")?;
         let size = interval_sql(size);
         format!(
@@ -277,6 +309,10 @@ mod tests {
         assert!(rewritten("SELECT * FROM TUMBLE(t, ts)").is_err());
         assert!(rewritten("SELECT * FROM TUMBLE(t, ts, INTERVAL '1' MONTH)").is_err());
         assert!(rewritten("SELECT * FROM t").is_ok());
+        let s = rewritten("SELECT * FROM SESSION(clicks, ts, INTERVAL '30' MINUTE, user_id)").unwrap();
+        assert!(s.contains("eddy_session_end(ts, 1800000000) OVER (PARTITION BY user_id ORDER BY ts) AS window_end"), "{s}");
+        assert!(rewritten("SELECT * FROM SESSION(clicks, ts)").is_err());
+        assert!(rewritten("SELECT * FROM SESSION(clicks, ts, INTERVAL '1' MINUTE, lower(u))").is_err());
     }
 
     #[test]

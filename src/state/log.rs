@@ -8,6 +8,13 @@
 //! writer appends entries in the same atomic write as the rows; the stream
 //! engine reads them after the last checkpoint's position and truncates
 //! them once a checkpoint covers them.
+//!
+//! A generated source (datagen, nexmark) logs ranges instead of rows:
+//! weight [`GENERATED`] and 12 bytes, the first row index (u64 LE) and the
+//! number of rows (u32 LE). Its rows are a pure function of their index,
+//! so the stream engine makes them again from the range as Arrow batches:
+//! no row is encoded, written or decoded on the way (see
+//! [`generated_range`]).
 
 use super::{StateError, StateResult};
 
@@ -29,6 +36,27 @@ impl LogEntryBuilder {
     pub fn finish(self) -> Option<Vec<u8>> {
         (!self.buf.is_empty()).then_some(self.buf)
     }
+}
+
+/// The weight that marks a range of generated rows.
+pub const GENERATED: i8 = i8::MAX;
+
+/// The change's payload for rows `[from, from + n)` of a generated source.
+pub fn encode_range(from: u64, n: u32) -> [u8; 12] {
+    let mut b = [0u8; 12];
+    b[..8].copy_from_slice(&from.to_le_bytes());
+    b[8..].copy_from_slice(&n.to_le_bytes());
+    b
+}
+
+/// The range of a change whose weight is [`GENERATED`].
+pub fn generated_range(row: &[u8]) -> StateResult<(u64, u32)> {
+    let b: [u8; 12] = row.try_into().map_err(|_| StateError::Corrupt("generated range"))?;
+    let mut from = [0u8; 8];
+    from.copy_from_slice(&b[..8]);
+    let mut n = [0u8; 4];
+    n.copy_from_slice(&b[8..]);
+    Ok((u64::from_le_bytes(from), u32::from_le_bytes(n)))
 }
 
 /// One row change read back from an entry.
@@ -77,11 +105,14 @@ mod tests {
         let mut b = LogEntryBuilder::default();
         b.push(7, -1, b"old");
         b.push(7, 1, b"new!");
+        b.push(9, GENERATED, &encode_range(1 << 40, 7));
         let entry = b.finish().expect("entry");
         let changes: Vec<_> = decode_entry(&entry).collect::<StateResult<_>>().expect("decode");
-        assert_eq!(changes.len(), 2);
+        assert_eq!(changes.len(), 3);
         assert_eq!((changes[0].table_id, changes[0].weight, changes[0].row), (7, -1, &b"old"[..]));
         assert_eq!((changes[1].weight, changes[1].row), (1, &b"new!"[..]));
+        assert_eq!(changes[2].weight, i64::from(GENERATED));
+        assert_eq!(generated_range(changes[2].row).expect("range"), (1 << 40, 7));
         assert!(LogEntryBuilder::default().finish().is_none());
     }
 }

@@ -86,8 +86,9 @@ pub struct Txn<'a> {
     /// change log needs each key's value before the closure, and most
     /// writes have just read it (a unique check) — no second read.
     preimages: std::cell::RefCell<HashMap<Vec<u8>, Option<Vec<u8>>>>,
-    /// Rows appended to a source's change log without being stored.
-    appended: Vec<(u64, Vec<u8>)>,
+    /// Rows appended to a source's change log without being stored (with
+    /// their weight: 1, or [`super::log::GENERATED`] for a range).
+    appended: Vec<(u64, i8, Vec<u8>)>,
 }
 
 impl Txn<'_> {
@@ -126,7 +127,15 @@ impl Txn<'_> {
     /// the source.
     pub fn log_append(&mut self, table_id: u64, row: Vec<u8>) {
         if self.logged.contains(&table_id) {
-            self.appended.push((table_id, row));
+            self.appended.push((table_id, 1, row));
+        }
+    }
+
+    /// Appends rows `[from, from + n)` of generated source `table_id` to
+    /// the change log as a range (see [`super::log`]).
+    pub fn log_append_generated(&mut self, table_id: u64, from: u64, n: u32) {
+        if self.logged.contains(&table_id) {
+            self.appended.push((table_id, super::log::GENERATED, super::log::encode_range(from, n).to_vec()));
         }
     }
 
@@ -234,14 +243,14 @@ fn log_entry(
     staged: &HashMap<Vec<u8>, Option<Vec<u8>>>,
     logged: &HashSet<u64>,
     preimages: &HashMap<Vec<u8>, Option<Vec<u8>>>,
-    appended: &[(u64, Vec<u8>)],
+    appended: &[(u64, i8, Vec<u8>)],
 ) -> StateResult<Option<Vec<u8>>> {
     if logged.is_empty() {
         return Ok(None);
     }
     let mut entry = LogEntryBuilder::default();
-    for (table_id, row) in appended {
-        entry.push(*table_id, 1, row);
+    for (table_id, weight, row) in appended {
+        entry.push(*table_id, *weight, row);
     }
     for (key, new) in staged {
         let Some(table_id) = keys::table_id_of(key) else { continue };

@@ -42,7 +42,7 @@ use super::{Ack, Changes, Message, StateWrite, StreamError, StreamResult, Waterm
 use crate::catalog::{Catalog, MvDef, Table};
 use crate::plan::StreamPlan;
 use crate::state::keys::{self, prefix_end};
-use crate::state::log::decode_entry;
+use crate::state::log::{GENERATED, decode_entry, generated_range};
 use crate::state::row::RowDecoder;
 use crate::state::{Checkpoint, StateError, Store, WriterHandle};
 
@@ -108,6 +108,7 @@ impl StreamRuntime {
         let (epoch_tx, epochs) = watch::channel(checkpoint.epoch);
         let watermarks = WatermarkStatuses::default();
         let coordinator = Coordinator {
+            generators: HashMap::new(),
             watermarks: HashMap::new(),
             watermark_status: watermarks.clone(),
             epoch_tx,
@@ -222,6 +223,8 @@ struct Coordinator {
     /// Watermarks of the tables views read, by table id.
     watermarks: HashMap<u64, SourceWatermark>,
     watermark_status: WatermarkStatuses,
+    /// Generators of the generated sources whose ranges the log holds.
+    generators: HashMap<u64, Arc<crate::connector::datagen::Generator>>,
 }
 
 impl Coordinator {
@@ -357,6 +360,18 @@ impl Coordinator {
                     );
                 }
                 let Some(buf) = buffers.get_mut(&change.table_id) else { continue };
+                if change.weight == i64::from(GENERATED) {
+                    // Rows of the table buffered so far go first.
+                    if !buf.1.is_empty() {
+                        ready.push((change.table_id, buf.0.flush()?, std::mem::take(&mut buf.1), std::mem::take(&mut buf.2)));
+                    }
+                    let (from, n) = generated_range(change.row)?;
+                    let batch = self.generate(change.table_id, from, n as usize)?;
+                    let rows = batch.num_rows();
+                    self.epoch_changes += rows;
+                    ready.push((change.table_id, batch, vec![1; rows], vec![*seq; rows]));
+                    continue;
+                }
                 self.epoch_changes += 1;
                 buf.0.push(change.row)?;
                 buf.1.push(change.weight);
@@ -377,6 +392,21 @@ impl Coordinator {
             self.send_table(table_id, batch, weights, seqs).await?;
         }
         Ok(())
+    }
+
+    /// Rows `[from, from + n)` of a generated source, made again.
+    fn generate(&mut self, table_id: u64, from: u64, n: usize) -> StreamResult<RecordBatch> {
+        let fail = |e: crate::connector::ConnectorError| StreamError::Failed(format!("generating rows: {e}"));
+        let generator = match self.generators.get(&table_id) {
+            Some(g) => g.clone(),
+            None => {
+                let table = self.table_by_id(table_id).ok_or_else(|| StreamError::Corrupt("generated source".into()))?;
+                let g = Arc::new(crate::connector::datagen::Generator::for_table(&table).map_err(fail)?);
+                self.generators.insert(table_id, g.clone());
+                g
+            }
+        };
+        generator.generate(from, n).map_err(fail)
     }
 
     fn table_by_id(&self, id: u64) -> Option<Arc<Table>> {

@@ -4,8 +4,9 @@
 //! The thread makes the rows that are due at `datagen.rows.per.second`
 //! since it started (so a restart does not burst to catch up), at most
 //! [`CHUNK_ROWS`] at a time, and writes each chunk — the rows (a table) or
-//! change-log entries (a source), plus the next row index as the offset of
-//! partition 0 — in one atomic write. With a rate the write path cannot
+//! one change-log entry naming the range of rows (a source: the stream
+//! engine generates them from it, see [`crate::state::log`]), plus the next
+//! row index as the offset of partition 0 — in one atomic write. With a rate the write path cannot
 //! keep up with it simply writes chunks back to back. A bounded source
 //! (a sequence column) ends its thread after the last row.
 
@@ -94,10 +95,16 @@ fn run(ingest: &Ingest, stop: &AtomicBool) -> ConnectorResult<()> {
             continue;
         }
         let n = (due - offset).min(CHUNK_ROWS as u64) as usize;
-        let batch = generator.generate(offset, n)?;
-        let batch = (ingest.check)(table, &batch).map_err(ConnectorError::Option)?;
-        let next = offset + batch.num_rows() as u64;
-        if !write_chunk(ingest, batch, next)? {
+        let chunk = if table.def.source {
+            // A source stores no rows: its log entry is the range, and the
+            // stream engine makes the rows from it.
+            Chunk::Range(offset, n as u32)
+        } else {
+            let batch = generator.generate(offset, n)?;
+            Chunk::Rows((ingest.check)(table, &batch).map_err(ConnectorError::Option)?)
+        };
+        let next = offset + chunk.len() as u64;
+        if !write_chunk(ingest, chunk, next)? {
             return Ok(()); // the table was dropped
         }
         let mut stats = lock(&ingest.stats);
@@ -109,8 +116,24 @@ fn run(ingest: &Ingest, stop: &AtomicBool) -> ConnectorResult<()> {
     }
 }
 
-/// One atomic write: the rows (or log entries) and the next row index.
-fn write_chunk(ingest: &Ingest, batch: RecordBatch, next: u64) -> ConnectorResult<bool> {
+/// What one write adds: a table's rows, or a source's range of rows.
+enum Chunk {
+    Rows(RecordBatch),
+    Range(u64, u32),
+}
+
+impl Chunk {
+    fn len(&self) -> usize {
+        match self {
+            Chunk::Rows(b) => b.num_rows(),
+            Chunk::Range(_, n) => *n as usize,
+        }
+    }
+}
+
+/// One atomic write: the rows (or the source's log entry) and the next
+/// row index.
+fn write_chunk(ingest: &Ingest, chunk: Chunk, next: u64) -> ConnectorResult<bool> {
     let table = ingest.table.clone();
     let row_key = ingest.row_key.clone();
     let written = ingest.runtime.block_on(ingest.writer.write(false, move |txn| {
@@ -118,20 +141,21 @@ fn write_chunk(ingest: &Ingest, batch: RecordBatch, next: u64) -> ConnectorResul
         if txn.get(&keys::meta_table_key(id))?.is_none() {
             return Err(StateError::rejected("42P01", format!("relation \"{}\" was dropped", table.name())));
         }
-        let mut capacity = 64;
-        for row in 0..batch.num_rows() {
-            let mut value = Vec::with_capacity(capacity);
-            encode_row(batch.columns(), row, &mut value)?;
-            capacity = capacity.max(value.len());
-            if table.def.source {
-                txn.log_append(id, value);
-            } else {
-                txn.put(row_key(&table, &batch, row)?, value);
+        match &chunk {
+            Chunk::Range(from, n) => txn.log_append_generated(id, *from, *n),
+            Chunk::Rows(batch) => {
+                let mut capacity = 64;
+                for row in 0..batch.num_rows() {
+                    let mut value = Vec::with_capacity(capacity);
+                    encode_row(batch.columns(), row, &mut value)?;
+                    capacity = capacity.max(value.len());
+                    txn.put(row_key(&table, batch, row)?, value);
+                }
             }
         }
         let offset = i64::try_from(next).unwrap_or(i64::MAX);
         txn.put(keys::source_offset_key(keys::META_SOURCE_OFFSET_PREFIX, id, 0), offset.to_be_bytes().to_vec());
-        Ok(batch.num_rows() as u64)
+        Ok(chunk.len() as u64)
     }));
     match written {
         Ok(_) => Ok(true),

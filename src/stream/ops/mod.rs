@@ -10,6 +10,7 @@ pub mod delta_sink;
 pub mod join;
 pub mod map;
 pub mod materialize;
+pub mod session;
 pub mod sink;
 pub mod topn;
 
@@ -136,6 +137,17 @@ pub fn spawn(node: PlanNode, ctx: &Arc<OpContext>, sources: &mut Vec<SourceInput
             skip,
             limit,
             rank,
+            input_schema(0)?,
+            schema,
+            ctx.state_table(id),
+        )?),
+        Op::Session { partition, time, gap, ends, time_col, prune } => Box::new(session::SessionOp::new(
+            partition,
+            time,
+            gap,
+            ends,
+            time_col,
+            prune,
             input_schema(0)?,
             schema,
             ctx.state_table(id),
