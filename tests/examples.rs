@@ -167,7 +167,7 @@ async fn examples_run_on_kafka() {
         ],
     )
     .await;
-    wait_rows(&c, "SELECT window_start, visits, conversions FROM conversion", &["2026-11-27 10:00:00|2|1"]).await;
+    wait_rows(&c, "SELECT hour, visits, conversions FROM conversion", &["2026-11-27 10:00:00|3|1"]).await;
     wait_rows(&c, "SELECT device_id, count(*) FROM hot_devices GROUP BY device_id", &["1|5", "2|5"]).await;
     // The alerts, read back from Kafka by an independent consumer.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);

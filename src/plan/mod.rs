@@ -565,6 +565,9 @@ impl Builder<'_> {
         if j.null_equality == NullEquality::NullEqualsNull {
             return unsupported("a join where NULL keys match (INTERSECT, EXCEPT)");
         }
+        if j.filter.is_some() && matches!(kind, JoinKind::LeftSemi | JoinKind::RightSemi) {
+            return self.unique_semi_join(j, kind, schema);
+        }
         if j.filter.is_some() && kind != JoinKind::Inner {
             return unsupported(format!("a non-equality condition in a {:?} join", j.join_type));
         }
@@ -620,6 +623,68 @@ impl Builder<'_> {
             }
             _ => Ok(node),
         }
+    }
+
+    /// A semi join with a non-equality condition whose other side is unique
+    /// on its join keys (DataFusion turns `a JOIN (SELECT k, max(x) ...
+    /// GROUP BY k) b ON a.k = b.k AND a.v >= b.m`, reading only `a`'s
+    /// columns, into one): each row has at most one match, so it is the
+    /// inner join, filtered, projected onto the kept side.
+    fn unique_semi_join(&mut self, j: &Join, kind: JoinKind, schema: SchemaRef) -> PlanResult<PlanNode> {
+        let (kept_left, other) = match kind {
+            JoinKind::LeftSemi => (true, &j.right),
+            _ => (false, &j.left),
+        };
+        let other_schema = other.schema();
+        let key_cols: Option<Vec<usize>> = j
+            .on
+            .iter()
+            .map(|(l, r)| match if kept_left { r } else { l } {
+                Expr::Column(c) => other_schema.index_of_column(c).ok(),
+                _ => None,
+            })
+            .collect();
+        let unique = key_cols.is_some_and(|keys| {
+            other_schema.functional_dependencies().iter().any(|d| {
+                d.mode == datafusion::common::Dependency::Single
+                    && !d.source_indices.is_empty()
+                    && d.source_indices.iter().all(|i| keys.contains(i))
+            })
+        });
+        if !unique {
+            return unsupported(format!("a non-equality condition in a {:?} join", j.join_type));
+        }
+        let joined = Arc::new(datafusion::logical_expr::build_join_schema(j.left.schema(), j.right.schema(), &JoinType::Inner)?);
+        let inner = Join {
+            left: j.left.clone(),
+            right: j.right.clone(),
+            on: j.on.clone(),
+            filter: j.filter.clone(),
+            join_type: JoinType::Inner,
+            join_constraint: j.join_constraint,
+            schema: joined.clone(),
+            null_equality: j.null_equality,
+            null_aware: false,
+        };
+        let id = self.id();
+        let node = self.join(&inner, nullable(joined.as_arrow()))?;
+        let left_len = j.left.schema().fields().len();
+        let range = if kept_left { 0..left_len } else { left_len..joined.fields().len() };
+        let exprs = range
+            .map(|i| {
+                let f = joined.field(i);
+                Ok(Arc::new(datafusion::physical_expr::expressions::Column::new(f.name(), i)) as PhysExpr)
+            })
+            .collect::<PlanResult<Vec<_>>>()?;
+        let derive = vec![None; exprs.len()];
+        Ok(PlanNode {
+            id,
+            op: Op::Project { exprs, derive },
+            schema,
+            inputs: vec![node],
+            label: format!("Project: the {} side of a semi join whose other side is unique on its keys, state=none", if kept_left { "left" } else { "right" }),
+            watermarks: Vec::new(),
+        })
     }
 
     fn limit(&mut self, l: &Limit, schema: SchemaRef) -> PlanResult<PlanNode> {

@@ -1,21 +1,23 @@
 -- Clickstream analytics over page views `clicks` (source_datagen.sql):
--- each user's visits, conversion, and the top pages of every minute.
+-- each user's visits (sessions), conversion, and the top pages of every
+-- minute.
 
--- A user's visit: their clicks in a 10-minute window (how long, how many
--- pages, whether it reached the checkout, page 20). Session windows are
--- not in eddy yet; fixed windows stand in for them.
+-- A user's visit: a session of clicks less than two minutes apart (how
+-- long, how many pages, whether it reached the checkout, page 20), emitted
+-- once when the watermark passes its end.
 CREATE MATERIALIZED VIEW user_visits AS
-SELECT user_id, window_start, count(*) AS clicks, count(DISTINCT page_id) AS pages,
+SELECT user_id, window_start, window_end, count(*) AS clicks, count(DISTINCT page_id) AS pages,
        min(ts) AS first_click, max(ts) AS last_click, bool_or(page_id = 20) AS converted
-FROM TUMBLE(clicks, ts, INTERVAL '10' MINUTE)
-GROUP BY user_id, window_start
+FROM SESSION(clicks, ts, INTERVAL '2' MINUTE, user_id)
+GROUP BY user_id, window_start, window_end
 EMIT ON WINDOW CLOSE;
 
--- Visits and conversions per window.
+-- Visits and conversions per hour the visits started in.
 CREATE MATERIALIZED VIEW conversion AS
-SELECT window_start, count(*) AS visits, sum(CASE WHEN converted THEN 1 ELSE 0 END) AS conversions
+SELECT date_trunc('hour', window_start) AS hour, count(*) AS visits,
+       sum(CASE WHEN converted THEN 1 ELSE 0 END) AS conversions
 FROM user_visits
-GROUP BY window_start;
+GROUP BY date_trunc('hour', window_start);
 
 -- Views per page and minute, and the three most viewed pages of each minute.
 CREATE MATERIALIZED VIEW page_views AS
