@@ -23,6 +23,7 @@ use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
 
 use crate::catalog::{Catalog, MatView, Table};
 
+pub mod interval;
 pub mod session;
 pub mod watermark;
 pub mod window;
@@ -46,6 +47,7 @@ fn unsupported<T>(what: impl Into<String>) -> PlanResult<T> {
 }
 
 pub type PhysExpr = Arc<dyn PhysicalExpr>;
+pub use interval::TimeBounds;
 
 /// An aggregate function the aggregate operator maintains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +110,9 @@ pub enum Op {
     /// With `temporal`, the right side is a table read as of processing
     /// time (`FOR SYSTEM_TIME AS OF PROCTIME()`): its changes update the
     /// lookup state but never the output, and left rows are not stored.
-    Join { kind: JoinKind, left_keys: Vec<PhysExpr>, right_keys: Vec<PhysExpr>, temporal: bool },
+    /// With `bounds` (an inner interval or window join), rows no later
+    /// change can match are dropped by watermark.
+    Join { kind: JoinKind, left_keys: Vec<PhysExpr>, right_keys: Vec<PhysExpr>, temporal: bool, bounds: Option<TimeBounds> },
     Union,
     /// Rows `skip .. skip + limit` per partition in `order`; with `rank`, a
     /// `row_number` column is appended.
@@ -590,7 +594,21 @@ impl Builder<'_> {
         let left_keys = j.on.iter().map(|(l, _)| self.phys(l, j.left.schema())).collect::<PlanResult<Vec<_>>>()?;
         let right_keys = j.on.iter().map(|(_, r)| self.phys(r, j.right.schema())).collect::<PlanResult<Vec<_>>>()?;
         let keys = j.on.iter().map(|(l, r)| format!("{l} = {r}")).collect::<Vec<_>>().join(" AND ");
-        let label = if temporal {
+        let bounds = if kind == JoinKind::Inner && !temporal {
+            interval::time_bounds(j, [&left.watermarks, &right.watermarks])
+        } else {
+            None
+        };
+        let label = if let Some(b) = bounds {
+            let bound = |v: Option<i64>| v.map_or("unbounded".to_string(), |v| v.to_string());
+            format!(
+                "Join: type=Inner, on=[{keys}], state=rows of both sides by join key + match counts, rows dropped by watermark ({} - {} in [{}, {}]), emits=retracting",
+                j.right.schema().field(b.cols[1]).name(),
+                j.left.schema().field(b.cols[0]).name(),
+                bound(b.lo),
+                bound(b.hi)
+            )
+        } else if temporal {
             format!(
                 "TemporalJoin: type={:?}, on=[{keys}], state=the table's rows by join key (stream rows are not kept), emits=append-only",
                 j.join_type
@@ -603,7 +621,7 @@ impl Builder<'_> {
         };
         let node = PlanNode {
             id,
-            op: Op::Join { kind, left_keys, right_keys, temporal },
+            op: Op::Join { kind, left_keys, right_keys, temporal, bounds },
             schema: schema.clone(),
             inputs: vec![left, right],
             label,

@@ -190,9 +190,8 @@ impl StateTable {
     /// Every live `(key, value)` whose key starts with `prefix`, in key
     /// order, at most `limit` of them: RocksDB merged with the cache.
     pub fn scan_prefix(&self, prefix: &[u8], limit: usize) -> StreamResult<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut out = Vec::new();
         if limit == 0 {
-            return Ok(out);
+            return Ok(Vec::new());
         }
         if self.complete.contains(prefix) {
             let end = prefix_end(prefix);
@@ -203,18 +202,32 @@ impl StateTable {
                 .take(limit)
                 .collect());
         }
-        let from = self.full_key(prefix);
-        let to = prefix_end(&from);
+        // An empty prefix is the whole table (no key is above its end).
+        let end = (!prefix.is_empty()).then(|| prefix_end(prefix));
+        self.scan_range(prefix, end.as_deref(), limit)
+    }
+
+    /// Every live `(key, value)` with `from <= key < to` (`None`: to the
+    /// end of the table), in key order, at most `limit` of them: RocksDB
+    /// merged with the cache.
+    pub fn scan_range(&self, from: &[u8], to: Option<&[u8]>, limit: usize) -> StreamResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        if limit == 0 || to.is_some_and(|t| from >= t) {
+            return Ok(out);
+        }
         let mut opts = rocksdb::ReadOptions::default();
-        opts.set_iterate_upper_bound(to);
+        opts.set_iterate_upper_bound(match to {
+            Some(t) => self.full_key(t),
+            None => prefix_end(&self.prefix),
+        });
         let mut it = self.db.raw_iterator_opt(opts);
-        it.seek(&from);
+        it.seek(self.full_key(from));
         let plen = self.prefix.len();
-        let cache_end = prefix_end(prefix);
-        let mut cached = self
-            .cache
-            .range::<[u8], _>((Bound::Included(prefix), Bound::Excluded(cache_end.as_slice())))
-            .peekable();
+        let upper = match to {
+            Some(t) => Bound::Excluded(t),
+            None => Bound::Unbounded,
+        };
+        let mut cached = self.cache.range::<[u8], _>((Bound::Included(from), upper)).peekable();
         loop {
             let db_key = if it.valid() { it.key().map(|k| &k[plen..]) } else { None };
             let cache_key = cached.peek().map(|(k, _)| k.as_slice());

@@ -13,6 +13,17 @@
 //! a NULL in the key never match; on a preserved side they are emitted
 //! padded without being stored.
 //!
+//! **Interval and window joins** (an inner join whose keys or condition
+//! bound `right.t - left.t` within `[lo, hi]`, both times carrying
+//! watermarks; [`TimeBounds`]) also index each side's rows by time
+//! (`[side, 2, time, len, key, row]`). At each barrier a left row is
+//! deleted once `t < W_left` (it will not change again) and `t + hi <
+//! W_right` (no right row to come can match it), a right row once `t <
+//! W_right` and `t - lo < W_left`; nothing is emitted for it. Every later
+//! change on a side has a time at or above that side's watermark, so the
+//! output is the same as with every row kept, and the state holds only
+//! rows that can still match.
+//!
 //! A **temporal join** (`stream JOIN t FOR SYSTEM_TIME AS OF PROCTIME()`,
 //! inner or left) looks each stream row up in the table as it is when the
 //! row arrives: the table's changes update its state and nothing else (a
@@ -28,13 +39,24 @@ use datafusion::arrow::compute::{cast, take};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 
 use super::Operator;
-use crate::plan::{JoinKind, PhysExpr};
+use crate::plan::{JoinKind, PhysExpr, TimeBounds};
 use crate::stream::rows::{RowCodec, decode_count, encode_count, push_len_prefixed};
 use crate::stream::state::StateTable;
 use crate::stream::{Changes, StateWrite, StreamResult};
 
 const ROWS_TAG: u8 = 0;
 const DEGREE_TAG: u8 = 1;
+const TIME_TAG: u8 = 2;
+
+/// Sortable 9 bytes of a time (`None` sorts first).
+fn time_key(t: Option<i64>) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    if let Some(t) = t {
+        k[0] = 1;
+        k[1..].copy_from_slice(&((t as u64) ^ (1 << 63)).to_be_bytes());
+    }
+    k
+}
 
 pub struct JoinOp {
     kind: JoinKind,
@@ -50,6 +72,10 @@ pub struct JoinOp {
     /// looked up at that barrier, once the table's own back-filled rows
     /// (which precede the barrier on its input) are all in.
     held: Option<Vec<Changes>>,
+    /// Interval and window joins: the time bounds, and each side's
+    /// watermark on its time column (raw, in the column's unit).
+    bounds: Option<TimeBounds>,
+    watermarks: [Option<i64>; 2],
 }
 
 impl JoinOp {
@@ -61,6 +87,7 @@ impl JoinOp {
         out_schema: SchemaRef,
         state: StateTable,
         temporal: bool,
+        bounds: Option<TimeBounds>,
     ) -> StreamResult<Self> {
         let key_types = left_keys
             .iter()
@@ -78,7 +105,50 @@ impl JoinOp {
             state,
             temporal,
             held: temporal.then(Vec::new),
+            bounds,
+            watermarks: [None, None],
         })
+    }
+
+    /// Deletes the rows no later change can match or retract (see the
+    /// module's doc).
+    fn expire(&mut self) -> StreamResult<()> {
+        let Some(b) = self.bounds else { return Ok(()) };
+        for side in 0..2 {
+            let (Some(own), Some(other)) = (self.watermarks[side], self.watermarks[1 - side]) else { continue };
+            let limit = match side {
+                0 => b.hi.map(|hi| own.min(other.saturating_sub(hi))),
+                _ => b.lo.map(|lo| own.min(other.saturating_add(lo))),
+            };
+            let Some(limit) = limit else { continue };
+            let from = [side as u8, TIME_TAG, 1];
+            let mut to = vec![side as u8, TIME_TAG];
+            to.extend_from_slice(&time_key(Some(limit)));
+            let expired = self.state.scan_range(&from, Some(&to), usize::MAX)?;
+            if !expired.is_empty() {
+                tracing::debug!(side, rows = expired.len(), "join rows dropped by watermark");
+            }
+            for (k, _) in expired {
+                let rest = &k[2 + 9..];
+                let (key, row) = crate::stream::rows::split_len_prefixed(rest)?;
+                let mut rk = Self::rows_prefix(side, key);
+                rk.extend_from_slice(row);
+                let count = match self.state.get(&rk)? {
+                    Some(v) => decode_count(&v)?,
+                    None => 0,
+                };
+                self.state.delete(rk);
+                let degree = self.degree(side, key)? - count;
+                let dk = Self::degree_key(side, key);
+                if degree > 0 {
+                    self.state.put(dk, encode_count(degree));
+                } else {
+                    self.state.delete(dk);
+                }
+                self.state.delete(k);
+            }
+        }
+        Ok(())
     }
 
     fn rows_prefix(side: usize, key: &[u8]) -> Vec<u8> {
@@ -165,6 +235,13 @@ impl Operator for JoinOp {
             .collect::<StreamResult<Vec<ArrayRef>>>()?;
         let keys = self.key_codec.encode(&key_cols, n)?;
         let rows = self.row_codecs[side].encode(changes.batch.columns(), n)?;
+        let times: Option<Int64Array> = match self.bounds {
+            Some(b) => {
+                let t = cast(changes.batch.column(b.cols[side]), &DataType::Int64)?;
+                Some(t.as_any().downcast_ref::<Int64Array>().cloned().ok_or(crate::stream::StreamError::Corrupt("join times".into()))?)
+            }
+            None => None,
+        };
         let mut pairs = Pairs::new();
         let kept = self.kept();
 
@@ -258,14 +335,29 @@ impl Operator for JoinOp {
             for &i in members {
                 let mut k = prefix.clone();
                 k.extend_from_slice(rows.row(i));
-                let c = match self.state.get_under(&prefix, &k)? {
+                let old = match self.state.get_under(&prefix, &k)? {
                     Some(v) => decode_count(&v)?,
                     None => 0,
-                } + weights[i];
+                };
+                let c = old + weights[i];
                 if c > 0 {
                     self.state.put(k, encode_count(c));
                 } else {
                     self.state.delete(k);
+                }
+                if let Some(times) = &times
+                    && (old > 0) != (c > 0)
+                    && times.is_valid(i)
+                {
+                    let mut tk = vec![side as u8, TIME_TAG];
+                    tk.extend_from_slice(&time_key(Some(times.value(i))));
+                    push_len_prefixed(&mut tk, key);
+                    tk.extend_from_slice(rows.row(i));
+                    if c > 0 {
+                        self.state.put(tk, Vec::new());
+                    } else {
+                        self.state.delete(tk);
+                    }
                 }
             }
             let dk = Self::degree_key(side, key);
@@ -279,6 +371,16 @@ impl Operator for JoinOp {
         self.build(side, &changes.batch, pairs)
     }
 
+    fn watermark(&mut self, input: usize, wm: &crate::stream::Watermark) -> StreamResult<Vec<crate::stream::Watermark>> {
+        if let Some(b) = self.bounds
+            && b.cols.get(input) == Some(&wm.col)
+            && let Some(v) = crate::stream::ops::session::scalar_time(&wm.value)
+        {
+            self.watermarks[input] = Some(self.watermarks[input].map_or(v, |old| old.max(v)));
+        }
+        Ok(Vec::new())
+    }
+
     fn barrier(&mut self, epoch: u64) -> StreamResult<(Vec<Changes>, Vec<StateWrite>)> {
         let mut out = Vec::new();
         if let Some(held) = self.held.take() {
@@ -286,6 +388,7 @@ impl Operator for JoinOp {
                 out.extend(self.process(0, changes)?);
             }
         }
+        self.expire()?;
         let writes = self.state.take_dirty(epoch);
         self.state.evict_if_needed();
         Ok((out, writes))

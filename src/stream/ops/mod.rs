@@ -122,7 +122,7 @@ pub fn spawn(node: PlanNode, ctx: &Arc<OpContext>, sources: &mut Vec<SourceInput
             ctx.state_table(id),
             window.map(|w| (w, input_schemas.first().cloned())).and_then(|(w, s)| s.map(|s| (w, s))),
         )?),
-        Op::Join { kind, left_keys, right_keys, temporal } => Box::new(join::JoinOp::new(
+        Op::Join { kind, left_keys, right_keys, temporal, bounds } => Box::new(join::JoinOp::new(
             kind,
             left_keys,
             right_keys,
@@ -130,6 +130,7 @@ pub fn spawn(node: PlanNode, ctx: &Arc<OpContext>, sources: &mut Vec<SourceInput
             schema,
             ctx.state_table(id),
             temporal,
+            bounds,
         )?),
         Op::TopN { partition, order, skip, limit, rank } => Box::new(topn::TopNOp::new(
             partition,

@@ -78,7 +78,7 @@ fn time_of(entry: &[u8]) -> StreamResult<Option<i64>> {
 }
 
 /// A timestamp scalar's raw value (in its unit).
-fn scalar_time(v: &ScalarValue) -> Option<i64> {
+pub(crate) fn scalar_time(v: &ScalarValue) -> Option<i64> {
     match v {
         ScalarValue::TimestampSecond(t, _)
         | ScalarValue::TimestampMillisecond(t, _)
