@@ -855,7 +855,30 @@ fn backfill(db: &DB, read_seq: u64, inputs: Vec<Backfill>) -> StreamResult<u64> 
     it.status().map_err(StateError::from)?;
     drop(it);
     let created_seq = last_logged.max(read_seq);
+    // A generated source read by several inputs (a HOP's copies, a
+    // self-join) is made once for all of them.
+    let mut generated: Vec<(Arc<Table>, Vec<(Option<Vec<usize>>, Sender<Message>)>)> = Vec::new();
+    let mut others = Vec::new();
     for input in inputs {
+        match input {
+            Backfill::Table { table, projection, tx } if crate::connector::datagen::is_generated_table(&table) && table.def.source => {
+                match generated.iter_mut().find(|(t, _)| t.id() == table.id()) {
+                    Some((_, targets)) => targets.push((projection, tx)),
+                    None => generated.push((table, vec![(projection, tx)])),
+                }
+            }
+            other => others.push(other),
+        }
+    }
+    for (table, targets) in generated {
+        crate::connector::backfill_source(&snapshot, &table, None, &mut |batch| {
+            for (projection, tx) in &targets {
+                send_blocking(tx, project(&batch, projection.as_deref())?, None)?;
+            }
+            Ok(())
+        })?;
+    }
+    for input in others {
         match input {
             Backfill::Table { table, projection, tx } if table.def.source => {
                 crate::connector::backfill_source(&snapshot, &table, projection.as_deref(), &mut |batch| {
