@@ -32,4 +32,6 @@ if [ -z "${EDDY_TEST_KAFKA:-}" ]; then scripts/kafka.sh start; fi
 
 # Build output lives outside the clone so repeated runs reuse it.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/eddy/target}"
+# The benchmarks are not run here, but they must keep compiling.
+cargo build --locked --benches
 cargo test --locked "$@"

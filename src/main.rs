@@ -68,9 +68,14 @@ fn main() -> anyhow::Result<()> {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("EDDY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
-        // delta-rs logs every snapshot load and scan at INFO.
-        .add_directive("deltalake_core=warn".parse().expect("directive"))
-        .add_directive("delta_kernel=warn".parse().expect("directive"));
+        // delta-rs logs every snapshot load and scan at INFO, metrics it
+        // misses at WARN, and its kernel logs every error it returns (such
+        // as "no files in log segment" when eddy looks for a table it is
+        // about to create) at ERROR: the errors reach eddy's own logs and
+        // system tables where they matter.
+        .add_directive("deltalake_core=error".parse().expect("directive"))
+        .add_directive("delta_kernel=off".parse().expect("directive"))
+        .add_directive("buoyant_kernel=off".parse().expect("directive"));
     tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
 
     let mut config = eddy::config::Config::load(args.config.as_deref())?;

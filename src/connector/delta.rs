@@ -32,7 +32,7 @@ use super::{ConnectorError, ConnectorResult};
 use crate::failpoint;
 use crate::state::WriterHandle;
 use crate::stream::ops::delta_sink::{DELETE_COLUMN, decode_outbox};
-use crate::stream::ops::sink::{clear_outbox, read_outbox};
+use crate::stream::ops::sink::{clear_outbox_through, outbox_first_epoch, read_next_outbox_epoch};
 
 /// A Delta sink's validated options.
 #[derive(Debug, Clone)]
@@ -223,6 +223,7 @@ fn stats(c: &Committer) -> std::sync::MutexGuard<'_, SinkStats> {
 async fn run(mut c: Committer, stop: Arc<AtomicBool>) {
     let mut backoff = Duration::from_millis(500);
     let mut committed: Option<u64> = None;
+    let mut first: Option<u64> = None;
     let mut waiting_since: Option<tokio::time::Instant> = None;
     loop {
         if stop.load(Ordering::SeqCst) {
@@ -230,7 +231,7 @@ async fn run(mut c: Committer, stop: Arc<AtomicBool>) {
         }
         let seen = *c.epochs.borrow_and_update();
         let overdue = waiting_since.is_some_and(|t| t.elapsed() >= c.interval * c.opts.commit_every as u32);
-        match commit_pending(&c, &mut committed, overdue).await {
+        match commit_pending(&c, &mut committed, &mut first, seen, overdue).await {
             Ok(all) => {
                 backoff = Duration::from_millis(500);
                 {
@@ -256,6 +257,7 @@ async fn run(mut c: Committer, stop: Arc<AtomicBool>) {
                 tracing::warn!(sink = c.name, "Delta commit failed: {message}; retrying in {backoff:?}");
                 stats(&c).last_error = Some(message);
                 committed = None; // re-read the table's txn version
+                first = None;
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
@@ -263,30 +265,52 @@ async fn run(mut c: Committer, stop: Arc<AtomicBool>) {
     }
 }
 
-type Chunks = Vec<(Vec<u8>, Option<Vec<u8>>)>;
-
-async fn outbox(c: &Committer) -> ConnectorResult<BTreeMap<u64, Chunks>> {
+/// Runs a blocking outbox read off the async threads.
+async fn blocking<T: Send + 'static>(
+    c: &Committer,
+    f: impl FnOnce(&DB, u64) -> crate::state::StateResult<T> + Send + 'static,
+) -> ConnectorResult<T> {
     let db = c.db.clone();
     let sink_id = c.sink_id;
-    tokio::task::spawn_blocking(move || read_outbox(&db, sink_id, false))
+    tokio::task::spawn_blocking(move || f(&db, sink_id))
         .await
         .map_err(|e| ConnectorError::Delta(e.to_string()))?
         .map_err(ConnectorError::from)
 }
 
-async fn delete_keys(c: &Committer, keys_done: Vec<Vec<u8>>) -> ConnectorResult<()> {
-    Ok(clear_outbox(&c.writer, keys_done).await?)
+/// The rows of the first outbox epoch at or after `from`.
+async fn next_epoch(c: &Committer, from: u64) -> ConnectorResult<Option<(u64, Vec<RecordBatch>)>> {
+    let Some((epoch, values)) = blocking(c, move |db, id| read_next_outbox_epoch(db, id, from)).await? else { return Ok(None) };
+    let mut batches = Vec::new();
+    for v in &values {
+        batches.extend(decode_outbox(v).map_err(|e| ConnectorError::Delta(e.to_string()))?);
+    }
+    Ok(Some((epoch, batches)))
 }
 
 /// Commits the outbox when enough epochs wait (or when draining);
 /// returns whether the outbox is now empty.
-async fn commit_pending(c: &Committer, committed: &mut Option<u64>, overdue: bool) -> ConnectorResult<bool> {
-    let pending = outbox(c).await?;
-    if pending.is_empty() {
-        return Ok(true);
+///
+/// Whether to commit is judged from the oldest waiting epoch (`first`,
+/// remembered between calls until a commit) and the newest durable one
+/// `seen`: the outbox is read only to commit it, an epoch at a time (an
+/// append sink streams each into the Parquet writer), and is deleted by
+/// range. So neither polling nor a large commit reads every waiting row
+/// again or holds them all in memory.
+async fn commit_pending(
+    c: &Committer,
+    committed: &mut Option<u64>,
+    first: &mut Option<u64>,
+    seen: u64,
+    overdue: bool,
+) -> ConnectorResult<bool> {
+    if first.is_none() {
+        *first = blocking(c, outbox_first_epoch).await?;
     }
-    let ready = pending.len() as u64 >= c.opts.commit_every || overdue || c.drain.load(Ordering::SeqCst);
-    if committed.is_some() && !ready {
+    let Some(oldest) = *first else { return Ok(true) };
+    let draining = c.drain.load(Ordering::SeqCst);
+    let ready = |oldest: u64| seen.saturating_sub(oldest) + 1 >= c.opts.commit_every || overdue || draining;
+    if committed.is_some() && !ready(oldest) {
         return Ok(false); // nothing to read from the table yet
     }
     let mut table = open(&c.opts).await?;
@@ -296,38 +320,43 @@ async fn commit_pending(c: &Committer, committed: &mut Option<u64>, overdue: boo
         *committed = Some(v.map(|v| v as u64).unwrap_or(0));
     }
     let done = committed.unwrap_or(0);
-    // Epochs the table already has: never again.
-    let (old, new): (Vec<_>, Vec<_>) = pending.into_iter().partition(|(e, _)| *e <= done);
-    if !old.is_empty() {
-        delete_keys(c, old.into_iter().flat_map(|(_, ch)| ch.into_iter().map(|(k, _)| k)).collect()).await?;
+    if oldest <= done {
+        // Epochs the table already has: never again.
+        clear_outbox_through(&c.writer, c.sink_id, done).await?;
+        *first = blocking(c, outbox_first_epoch).await?;
     }
-    if new.is_empty() {
-        return Ok(true);
-    }
-    if !(new.len() as u64 >= c.opts.commit_every || overdue || c.drain.load(Ordering::SeqCst)) {
+    let Some(oldest) = *first else { return Ok(true) };
+    if !ready(oldest) {
         return Ok(false);
     }
-    let last = new.last().map(|(e, _)| *e).unwrap_or(done);
-    let mut batches = Vec::new();
-    for (_, chunks) in &new {
-        for (_, v) in chunks {
-            batches.extend(decode_outbox(v.as_deref().unwrap_or_default()).map_err(|e| ConnectorError::Delta(e.to_string()))?);
-        }
-    }
-    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-    let txn = CommitProperties::default().with_application_transaction(Transaction::new(&c.app_id, last as i64));
-    if c.opts.primary_key.is_empty() {
-        append(&mut table, &batches, txn).await?;
+    let (rows, last) = if c.opts.primary_key.is_empty() {
+        append(c, &mut table, oldest).await?
     } else {
-        merge(table, &c.opts.primary_key, &c.query_schema, batches, txn).await?;
-    }
+        let mut batches = Vec::new();
+        let mut last = oldest;
+        let mut from = oldest;
+        while let Some((e, b)) = next_epoch(c, from).await? {
+            batches.extend(b);
+            last = e;
+            from = e + 1;
+        }
+        let rows = batches.iter().map(RecordBatch::num_rows).sum();
+        merge(table, &c.opts.primary_key, &c.query_schema, batches, txn_of(c, last)).await?;
+        (rows, last)
+    };
     failpoint::hit("after_delta_commit");
     *committed = Some(last);
-    delete_keys(c, new.into_iter().flat_map(|(_, ch)| ch.into_iter().map(|(k, _)| k)).collect()).await?;
+    clear_outbox_through(&c.writer, c.sink_id, last).await?;
+    *first = None;
     let mut s = stats(c);
     s.records += rows as u64;
     s.published_epoch = last;
     Ok(true)
+}
+
+/// The commit's `txn(appId, version = last epoch)`.
+fn txn_of(c: &Committer, last: u64) -> CommitProperties {
+    CommitProperties::default().with_application_transaction(Transaction::new(&c.app_id, last as i64))
 }
 
 /// The outbox rows as the table stores them (no marker column; TIME and
@@ -343,13 +372,29 @@ fn table_rows(batch: &RecordBatch) -> ConnectorResult<RecordBatch> {
     Ok(RecordBatch::try_new(schema, columns)?)
 }
 
-async fn append(table: &mut DeltaTable, batches: &[RecordBatch], txn: CommitProperties) -> ConnectorResult<()> {
-    let mut writer = RecordBatchWriter::for_table(table).map_err(delta_error)?;
-    for b in batches {
-        if b.num_rows() > 0 {
-            writer.write(table_rows(b)?).await.map_err(delta_error)?;
+/// Parquet files roll over at about this size (a long run at a high rate
+/// writes files of this size, not one file per commit and partition).
+const TARGET_FILE_BYTES: u64 = 128 << 20;
+
+/// Writes the outbox epochs from `oldest` on as Parquet files (streamed,
+/// an epoch at a time) and commits them in one Delta commit; returns the
+/// rows written and the last epoch.
+async fn append(c: &Committer, table: &mut DeltaTable, oldest: u64) -> ConnectorResult<(usize, u64)> {
+    let mut writer = RecordBatchWriter::for_table(table).map_err(delta_error)?.with_target_file_size(TARGET_FILE_BYTES);
+    let mut rows = 0;
+    let mut last = oldest;
+    let mut from = oldest;
+    while let Some((e, batches)) = next_epoch(c, from).await? {
+        for b in batches {
+            if b.num_rows() > 0 {
+                rows += b.num_rows();
+                writer.write(table_rows(&b)?).await.map_err(delta_error)?;
+            }
         }
+        last = e;
+        from = e + 1;
     }
+    let txn = txn_of(c, last);
     let adds = writer.flush().await.map_err(delta_error)?;
     failpoint::hit("before_delta_commit");
     let snapshot = table.snapshot().map_err(delta_error)?;
@@ -364,7 +409,7 @@ async fn append(table: &mut DeltaTable, batches: &[RecordBatch], txn: CommitProp
         .build(Some(snapshot), table.log_store(), operation)
         .await
         .map_err(delta_error)?;
-    Ok(())
+    Ok((rows, last))
 }
 
 /// Upserts and deletes by key in one MERGE (later epochs win per key).

@@ -59,6 +59,16 @@ pub fn generated_range(row: &[u8]) -> StateResult<(u64, u32)> {
     Ok((u64::from_le_bytes(from), u32::from_le_bytes(n)))
 }
 
+/// The rows an entry stands for when it is a generated range (without
+/// decoding the entry); `None` for an entry of rows.
+pub fn generated_rows(entry: &[u8]) -> Option<u64> {
+    let mut changes = decode_entry(entry);
+    match (changes.next(), changes.next()) {
+        (Some(Ok(c)), None) if c.weight == i64::from(GENERATED) => generated_range(c.row).ok().map(|(_, n)| u64::from(n)),
+        _ => None,
+    }
+}
+
 /// One row change read back from an entry.
 pub struct LogChange<'a> {
     pub table_id: u64,
@@ -114,5 +124,10 @@ mod tests {
         assert_eq!(changes[2].weight, i64::from(GENERATED));
         assert_eq!(generated_range(changes[2].row).expect("range"), (1 << 40, 7));
         assert!(LogEntryBuilder::default().finish().is_none());
+        // Only an entry that is one range counts as generated rows.
+        assert_eq!(generated_rows(&entry), None);
+        let mut r = LogEntryBuilder::default();
+        r.push(9, GENERATED, &encode_range(5, 16_384));
+        assert_eq!(generated_rows(&r.finish().expect("entry")), Some(16_384));
     }
 }

@@ -99,6 +99,13 @@ impl Store {
         table.set_block_cache(&rocksdb::Cache::new_lru_cache(64 << 20));
         opts.set_block_based_table_factory(&table);
         opts.set_write_buffer_size(32 << 20);
+        // Large values (a sink's outbox of an epoch: megabytes of Arrow IPC)
+        // go to blob files when the memtable is flushed, so compactions do
+        // not decompress and rewrite them over and over; blob GC reclaims
+        // the files of published (deleted) outboxes.
+        opts.set_enable_blob_files(true);
+        opts.set_min_blob_size(256 << 10);
+        opts.set_enable_blob_gc(true);
         let db = Arc::new(DB::open(&opts, data_dir.join("db"))?);
         let last_log = Self::last_key_in(&db, &[keys::LOG_PREFIX])?.and_then(|k| keys::log_seq(&k));
         let checkpoint = read_checkpoint(&db)?;

@@ -42,7 +42,7 @@ use super::{Ack, Changes, Message, StateWrite, StreamError, StreamResult, Waterm
 use crate::catalog::{Catalog, MvDef, Table};
 use crate::plan::StreamPlan;
 use crate::state::keys::{self, prefix_end};
-use crate::state::log::{GENERATED, decode_entry, generated_range};
+use crate::state::log::{GENERATED, decode_entry, generated_range, generated_rows};
 use crate::state::row::RowDecoder;
 use crate::state::{Checkpoint, StateError, Store, WriterHandle};
 
@@ -71,6 +71,13 @@ const LOG_BYTES_PER_READ: usize = 16 << 20;
 /// that the epoch's dirty state (which cannot be evicted until its
 /// checkpoint) stays bounded.
 const MAX_CHANGES_PER_EPOCH: usize = 131_072;
+/// Rows of generated sources made by one read of the log (so also, as it
+/// is above [`MAX_CHANGES_PER_EPOCH`], the most in one epoch while they
+/// are worked off). Larger than the limit for logged rows: an epoch costs
+/// each stateful operator a write of every group it touched, and generated
+/// rows arrive as fast as eddy takes them; bounded, so that operators that
+/// hold an epoch's rows (sinks) stay within memory.
+const GENERATED_ROWS_PER_READ: usize = 1 << 19;
 /// Key prefix of persisted view failures.
 const FAILURE_PREFIX: &[u8] = b"m/mvfail/";
 
@@ -305,7 +312,8 @@ impl Coordinator {
     async fn read_log(&mut self) -> StreamResult<()> {
         let target = *self.committed.borrow();
         while self.read_seq < target {
-            let entries = self.read_entries(target)?;
+            let budget = GENERATED_ROWS_PER_READ.saturating_sub(self.epoch_changes).max(1) as u64;
+            let entries = self.read_entries(target, budget)?;
             let Some(&(last, _)) = entries.last() else {
                 self.read_seq = target;
                 break;
@@ -319,17 +327,28 @@ impl Coordinator {
         Ok(())
     }
 
-    fn read_entries(&self, target: u64) -> StreamResult<Vec<(u64, Vec<u8>)>> {
+    /// Reads log entries after `read_seq` up to `target`: at most
+    /// [`LOG_ENTRIES_PER_READ`] entries of [`LOG_BYTES_PER_READ`] bytes, and
+    /// generated ranges of at most `rows` rows (a range entry is a few bytes
+    /// but stands for thousands of rows: without this bound one read would
+    /// make a whole bounded source's rows in one epoch). At least one entry
+    /// is read.
+    fn read_entries(&self, target: u64, rows: u64) -> StreamResult<Vec<(u64, Vec<u8>)>> {
         let mut opts = rocksdb::ReadOptions::default();
         opts.set_iterate_upper_bound(keys::log_key(target + 1));
         let mut it = self.db.raw_iterator_opt(opts);
         it.seek(keys::log_key(self.read_seq + 1));
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        while it.valid() && out.len() < LOG_ENTRIES_PER_READ && (out.is_empty() || bytes < LOG_BYTES_PER_READ) {
+        let mut generated = 0u64;
+        while it.valid()
+            && out.len() < LOG_ENTRIES_PER_READ
+            && (out.is_empty() || (bytes < LOG_BYTES_PER_READ && generated < rows))
+        {
             let (Some(k), Some(v)) = (it.key(), it.value()) else { break };
             if let Some(seq) = keys::log_seq(k) {
                 bytes += v.len();
+                generated += generated_rows(v).unwrap_or(0);
                 out.push((seq, v.to_vec()));
             }
             it.next();

@@ -239,6 +239,51 @@ pub fn read_outbox(
     Ok(out)
 }
 
+/// The oldest epoch with outbox chunks, found with one seek (the values
+/// are not read). Blocking.
+pub fn outbox_first_epoch(db: &rocksdb::DB, sink_id: u64) -> crate::state::StateResult<Option<u64>> {
+    let prefix = keys::op_state_prefix(sink_id, keys::SINK_OUTBOX_NODE);
+    let mut it = db.raw_iterator();
+    it.seek(&prefix);
+    let first = if it.valid() { it.key().filter(|k| k.starts_with(&prefix)).and_then(|k| outbox_epoch(sink_id, k)) } else { None };
+    it.status()?;
+    Ok(first)
+}
+
+/// The first epoch at or after `from` that has outbox chunks, with the
+/// chunks' values. Blocking.
+pub fn read_next_outbox_epoch(db: &rocksdb::DB, sink_id: u64, from: u64) -> crate::state::StateResult<Option<(u64, Vec<Vec<u8>>)>> {
+    let prefix = keys::op_state_prefix(sink_id, keys::SINK_OUTBOX_NODE);
+    let mut it = db.raw_iterator();
+    it.seek(outbox_key(sink_id, from, 0));
+    let mut found: Option<(u64, Vec<Vec<u8>>)> = None;
+    while it.valid() {
+        let (Some(k), Some(v)) = (it.key(), it.value()) else { break };
+        let Some(epoch) = k.starts_with(&prefix).then(|| outbox_epoch(sink_id, k)).flatten() else { break };
+        match &mut found {
+            Some((e, values)) if *e == epoch => values.push(v.to_vec()),
+            Some(_) => break,
+            None => found = Some((epoch, vec![v.to_vec()])),
+        }
+        it.next();
+    }
+    it.status()?;
+    Ok(found)
+}
+
+/// Deletes a sink's outbox chunks of every epoch up to `last`.
+pub async fn clear_outbox_through(writer: &crate::state::WriterHandle, sink_id: u64, last: u64) -> crate::state::StateResult<()> {
+    let from = outbox_key(sink_id, 0, 0);
+    let to = outbox_key(sink_id, last.saturating_add(1), 0);
+    writer
+        .write(false, move |txn| {
+            txn.delete_range(from, to);
+            Ok(0)
+        })
+        .await?;
+    Ok(())
+}
+
 /// Deletes published outbox chunks.
 pub async fn clear_outbox(writer: &crate::state::WriterHandle, done: Vec<Vec<u8>>) -> crate::state::StateResult<()> {
     writer
