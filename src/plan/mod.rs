@@ -619,24 +619,36 @@ impl Builder<'_> {
                 j.join_type
             )
         };
+        // An interval or window join passes a watermark on each time column
+        // whose side is bounded by the other (stream::ops::join::limit).
+        let mut watermarks = Vec::new();
+        if let Some(b) = bounds {
+            if b.hi.is_some() {
+                watermarks.push(b.cols[0]);
+            }
+            if b.lo.is_some() {
+                watermarks.push(j.left.schema().fields().len() + b.cols[1]);
+            }
+        }
         let node = PlanNode {
             id,
             op: Op::Join { kind, left_keys, right_keys, temporal, bounds },
             schema: schema.clone(),
             inputs: vec![left, right],
             label,
-            watermarks: Vec::new(),
+            watermarks,
         };
         match (&j.filter, filter_id) {
             (Some(f), Some(fid)) => {
                 let predicate = self.phys(f, &j.schema)?;
+                let watermarks = node.watermarks.clone();
                 Ok(PlanNode {
                     id: fid,
                     op: Op::Filter { predicate },
                     schema,
                     inputs: vec![node],
                     label: format!("Filter: {f} (join condition), state=none"),
-                    watermarks: Vec::new(),
+                    watermarks,
                 })
             }
             _ => Ok(node),

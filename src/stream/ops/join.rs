@@ -76,6 +76,11 @@ pub struct JoinOp {
     /// watermark on its time column (raw, in the column's unit).
     bounds: Option<TimeBounds>,
     watermarks: [Option<i64>; 2],
+    /// The last watermark received on each side's time column (its type
+    /// for the watermarks passed on), and the last ones passed on.
+    received: [Option<datafusion::common::ScalarValue>; 2],
+    passed: [Option<i64>; 2],
+    pending_watermarks: Vec<crate::stream::Watermark>,
 }
 
 impl JoinOp {
@@ -107,20 +112,50 @@ impl JoinOp {
             held: temporal.then(Vec::new),
             bounds,
             watermarks: [None, None],
+            received: [None, None],
+            passed: [None, None],
+            pending_watermarks: Vec::new(),
         })
+    }
+
+    /// The time below which `side`'s rows can no longer match: at or below
+    /// its own watermark, and too early for any row the other side can
+    /// still bring. Rows kept in state and rows still to come are at or
+    /// above it, so it is also the watermark of that side's time column in
+    /// the join's output.
+    fn limit(&self, side: usize) -> Option<i64> {
+        let b = self.bounds?;
+        let (own, other) = (self.watermarks[side]?, self.watermarks[1 - side]?);
+        match side {
+            0 => b.hi.map(|hi| own.min(other.saturating_sub(hi))),
+            _ => b.lo.map(|lo| own.min(other.saturating_add(lo))),
+        }
+    }
+
+    /// Queues the output watermarks that moved (see [`Self::limit`]).
+    fn pass_watermarks(&mut self) {
+        let Some(b) = self.bounds else { return };
+        let left_width = self.schemas[0].fields().len();
+        for side in 0..2 {
+            let Some(limit) = self.limit(side) else { continue };
+            if self.passed[side].is_some_and(|p| p >= limit) {
+                continue;
+            }
+            let Some(value) = self.received[side].as_ref().and_then(|v| with_time(v, limit)) else { continue };
+            self.passed[side] = Some(limit);
+            let col = if side == 0 { b.cols[0] } else { left_width + b.cols[1] };
+            self.pending_watermarks.push(crate::stream::Watermark { col, value });
+        }
     }
 
     /// Deletes the rows no later change can match or retract (see the
     /// module's doc).
     fn expire(&mut self) -> StreamResult<()> {
-        let Some(b) = self.bounds else { return Ok(()) };
+        if self.bounds.is_none() {
+            return Ok(());
+        }
         for side in 0..2 {
-            let (Some(own), Some(other)) = (self.watermarks[side], self.watermarks[1 - side]) else { continue };
-            let limit = match side {
-                0 => b.hi.map(|hi| own.min(other.saturating_sub(hi))),
-                _ => b.lo.map(|lo| own.min(other.saturating_add(lo))),
-            };
-            let Some(limit) = limit else { continue };
+            let Some(limit) = self.limit(side) else { continue };
             let from = [side as u8, TIME_TAG, 1];
             let mut to = vec![side as u8, TIME_TAG];
             to.extend_from_slice(&time_key(Some(limit)));
@@ -377,8 +412,13 @@ impl Operator for JoinOp {
             && let Some(v) = crate::stream::ops::session::scalar_time(&wm.value)
         {
             self.watermarks[input] = Some(self.watermarks[input].map_or(v, |old| old.max(v)));
+            self.received[input] = Some(wm.value.clone());
         }
         Ok(Vec::new())
+    }
+
+    fn take_watermarks(&mut self) -> Vec<crate::stream::Watermark> {
+        std::mem::take(&mut self.pending_watermarks)
     }
 
     fn barrier(&mut self, epoch: u64) -> StreamResult<(Vec<Changes>, Vec<StateWrite>)> {
@@ -389,6 +429,7 @@ impl Operator for JoinOp {
             }
         }
         self.expire()?;
+        self.pass_watermarks();
         let writes = self.state.take_dirty(epoch);
         self.state.evict_if_needed();
         Ok((out, writes))
@@ -425,3 +466,16 @@ impl JoinOp {
         Ok(vec![Changes::new(out, Int64Array::from(pairs.weights))])
     }
 }
+
+/// `like` (a timestamp watermark) with the raw time `t` in its unit.
+fn with_time(like: &datafusion::common::ScalarValue, t: i64) -> Option<datafusion::common::ScalarValue> {
+    use datafusion::common::ScalarValue as S;
+    Some(match like {
+        S::TimestampSecond(_, tz) => S::TimestampSecond(Some(t), tz.clone()),
+        S::TimestampMillisecond(_, tz) => S::TimestampMillisecond(Some(t), tz.clone()),
+        S::TimestampMicrosecond(_, tz) => S::TimestampMicrosecond(Some(t), tz.clone()),
+        S::TimestampNanosecond(_, tz) => S::TimestampNanosecond(Some(t), tz.clone()),
+        _ => return None,
+    })
+}
+
