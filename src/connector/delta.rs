@@ -59,10 +59,20 @@ impl DeltaOptions {
             url::Url::from_directory_path(location)
                 .map_err(|_| ConnectorError::Option(format!("location '{location}' must be an absolute path or a URL")))?
         };
+        if matches!(location.scheme(), "s3" | "s3a") && !cfg!(feature = "s3") {
+            return Err(ConnectorError::Unsupported(format!(
+                "location '{location}': this eddy was built without S3 support; build it with `cargo build --release --features s3`"
+            )));
+        }
+        if !matches!(location.scheme(), "file" | "s3" | "s3a") {
+            return Err(ConnectorError::Unsupported(format!(
+                "location '{location}': eddy writes Delta tables to file:// (and s3:// when built with --features s3) locations"
+            )));
+        }
         let mut storage = HashMap::new();
         for (k, v) in options {
             if k.starts_with("s3.") || k.starts_with("azure.") || k.starts_with("gcs.") {
-                storage.insert(k.splitn(2, '.').nth(1).unwrap_or_default().to_string(), v.clone());
+                storage.insert(storage_key(k), v.clone());
             } else if !OPTIONS.contains(&k.as_str()) {
                 return Err(ConnectorError::Option(format!("unknown option {k}; options here are {} and s3.*", OPTIONS.join(", "))));
             }
@@ -75,6 +85,20 @@ impl DeltaOptions {
             None => (10_000 / checkpoint_interval_ms.max(1)).max(1),
         };
         Ok(Self { location, partition_by: column_list(options, "partition_by"), primary_key: column_list(options, "primary_key"), commit_every, storage })
+    }
+}
+
+/// The object-store setting of a `s3.*` (`azure.*`, `gcs.*`) option:
+/// RisingWave's names (`s3.access.key`, `s3.secret.key`, `s3.region`,
+/// `s3.endpoint`) become delta-rs's; any other is passed on without its
+/// prefix (`s3.AWS_S3_LOCKING_PROVIDER` → `AWS_S3_LOCKING_PROVIDER`).
+fn storage_key(option: &str) -> String {
+    match option {
+        "s3.access.key" => "AWS_ACCESS_KEY_ID".into(),
+        "s3.secret.key" => "AWS_SECRET_ACCESS_KEY".into(),
+        "s3.region" => "AWS_REGION".into(),
+        "s3.endpoint" => "AWS_ENDPOINT_URL".into(),
+        other => other.split_once('.').map(|(_, rest)| rest).unwrap_or_default().to_string(),
     }
 }
 
@@ -480,4 +504,33 @@ async fn merge(
         .await
         .map_err(delta_error)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(pairs: &[(&str, &str)]) -> ConnectorResult<DeltaOptions> {
+        let options: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        DeltaOptions::parse(&options, 1000)
+    }
+
+    #[test]
+    fn storage_options_and_locations() {
+        assert_eq!(storage_key("s3.access.key"), "AWS_ACCESS_KEY_ID");
+        assert_eq!(storage_key("s3.endpoint"), "AWS_ENDPOINT_URL");
+        assert_eq!(storage_key("s3.AWS_S3_LOCKING_PROVIDER"), "AWS_S3_LOCKING_PROVIDER");
+        let local = parse(&[("location", "/tmp/t"), ("s3.region", "eu-west-1")]).expect("local");
+        assert_eq!(local.location.scheme(), "file");
+        assert_eq!(local.storage.get("AWS_REGION").map(String::as_str), Some("eu-west-1"));
+        assert_eq!(local.commit_every, 10);
+        let s3 = parse(&[("location", "s3://bucket/t"), ("s3.secret.key", "x")]);
+        if cfg!(feature = "s3") {
+            assert_eq!(s3.expect("s3").storage.get("AWS_SECRET_ACCESS_KEY").map(String::as_str), Some("x"));
+        } else {
+            assert!(matches!(s3, Err(ConnectorError::Unsupported(m)) if m.contains("--features s3")));
+        }
+        assert!(matches!(parse(&[("location", "gs://b/t")]), Err(ConnectorError::Unsupported(_))));
+        assert!(matches!(parse(&[("location", "/tmp/t"), ("colour", "red")]), Err(ConnectorError::Option(_))));
+    }
 }
