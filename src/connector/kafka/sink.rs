@@ -23,10 +23,11 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, FutureProducer, Producer, ProducerContext};
 use rdkafka::{Offset, TopicPartitionList};
 use rocksdb::DB;
 use tokio::sync::watch;
@@ -37,7 +38,7 @@ use crate::connector::spec::{Delivery, KafkaOptions};
 use crate::connector::{ConnectorError, ConnectorResult};
 use crate::failpoint;
 use crate::state::WriterHandle;
-use crate::stream::ops::sink::{clear_outbox, decode_outbox, read_outbox};
+use crate::stream::ops::sink::{clear_outbox_through, for_each_outbox_record, read_next_outbox_epoch};
 
 /// The compacted topic of exactly-once progress records.
 pub const PROGRESS_TOPIC: &str = "eddy_sink_progress";
@@ -86,6 +87,35 @@ fn producer_config(p: &Publisher) -> ClientConfig {
 /// eddy's `transaction.timeout.ms` unless the sink sets one.
 pub const DEFAULT_TRANSACTION_TIMEOUT_MS: u64 = 60_000;
 
+/// Delivery reports of the publisher's producer: a count and the first
+/// failure, read after each epoch's flush (one callback per record, no
+/// future or channel per record).
+#[derive(Default)]
+pub struct Deliveries {
+    failed: Mutex<Option<KafkaError>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+            failed.get_or_insert_with(|| e.clone());
+        }
+    }
+}
+
+impl Deliveries {
+    fn take_failure(&self) -> Option<KafkaError> {
+        self.failed.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+type Prod = Arc<BaseProducer<Deliveries>>;
+
 pub fn spawn(p: Publisher) -> ConnectorResult<PublisherHandle> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
@@ -104,7 +134,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ConnectorResult<T> + Se
 
 async fn run(mut p: Publisher, stop: Arc<AtomicBool>) {
     let mut backoff = Duration::from_millis(500);
-    let mut producer: Option<FutureProducer> = None;
+    let mut producer: Option<Prod> = None;
     let mut published: Option<u64> = None;
     loop {
         if stop.load(Ordering::SeqCst) {
@@ -159,8 +189,8 @@ async fn run(mut p: Publisher, stop: Arc<AtomicBool>) {
 
 /// A producer, and for exactly_once the last epoch committed by any
 /// earlier instance of this sink (its transactions fenced first).
-async fn connect(p: &Publisher) -> ConnectorResult<(FutureProducer, Option<u64>)> {
-    let producer: FutureProducer = producer_config(p).create()?;
+async fn connect(p: &Publisher) -> ConnectorResult<(Prod, Option<u64>)> {
+    let producer: Prod = Arc::new(producer_config(p).create_with_context(Deliveries::default())?);
     if p.opts.delivery != Delivery::ExactlyOnce {
         return Ok((producer, None));
     }
@@ -238,106 +268,103 @@ fn last_committed_epoch(opts: &KafkaOptions, id: &str) -> ConnectorResult<Option
     Ok(last)
 }
 
-/// The outbox chunks of the oldest epoch on disk.
-async fn oldest_epoch(p: &Publisher) -> ConnectorResult<(u64, Vec<(Vec<u8>, Vec<u8>)>)> {
-    let db = p.db.clone();
-    let sink_id = p.sink_id;
-    let oldest = blocking(move || Ok(read_outbox(&db, sink_id, true)?.into_iter().next())).await?;
-    Ok(oldest
-        .map(|(e, chunks)| (e, chunks.into_iter().map(|(k, v)| (k, v.unwrap_or_default())).collect()))
-        .unwrap_or_default())
-}
-
 /// Publishes every epoch in the outbox, oldest first.
-async fn publish_pending(p: &Publisher, producer: &FutureProducer, published: &mut Option<u64>) -> ConnectorResult<()> {
+async fn publish_pending(p: &Publisher, producer: &Prod, published: &mut Option<u64>) -> ConnectorResult<()> {
+    let exactly_once = p.opts.delivery == Delivery::ExactlyOnce;
     loop {
-        let (epoch, chunks) = oldest_epoch(p).await?;
-        if chunks.is_empty() {
+        let db = p.db.clone();
+        let sink_id = p.sink_id;
+        let Some((epoch, chunks)) = blocking(move || Ok(read_next_outbox_epoch(&db, sink_id, 0)?)).await? else {
             return Ok(());
-        }
-        let exactly_once = p.opts.delivery == Delivery::ExactlyOnce;
+        };
         let already = exactly_once && published.is_some_and(|last| epoch <= last);
         let mut sent = 0u64;
         if !already {
+            let prod = producer.clone();
+            let topic = p.opts.topic.clone();
+            let id = p.transactional_id.clone();
+            sent = blocking(move || send_epoch(&prod, &topic, sink_id, epoch, &chunks, exactly_once.then_some(id.as_str()))).await?;
             if exactly_once {
-                producer.begin_transaction()?;
-            }
-            match send_epoch(p, producer, epoch, &chunks).await {
-                Ok(n) => sent = n,
-                Err(e) => {
-                    if exactly_once {
-                        let prod = producer.clone();
-                        let _ = blocking(move || Ok(prod.abort_transaction(TXN_TIMEOUT)?)).await;
-                    }
-                    return Err(e);
-                }
-            }
-            if exactly_once {
-                let progress = epoch.to_string();
-                let rec: FutureRecord<'_, str, str> =
-                    FutureRecord::to(PROGRESS_TOPIC).key(p.transactional_id.as_str()).payload(progress.as_str());
-                if let Err((e, _)) = producer.send(rec, TXN_TIMEOUT).await {
-                    let prod = producer.clone();
-                    let _ = blocking(move || Ok(prod.abort_transaction(TXN_TIMEOUT)?)).await;
-                    return Err(e.into());
-                }
-                failpoint::hit("before_kafka_commit");
-                let prod = producer.clone();
-                blocking(move || Ok(prod.commit_transaction(TXN_TIMEOUT)?)).await?;
-                failpoint::hit("after_kafka_commit");
                 *published = Some(epoch);
             }
         }
-        clear_outbox(&p.writer, chunks.into_iter().map(|(k, _)| k).collect()).await?;
+        clear_outbox_through(&p.writer, p.sink_id, epoch).await?;
         let mut s = stats(p);
         s.records += sent;
         s.published_epoch = s.published_epoch.max(epoch);
     }
 }
 
-/// Sends one epoch's records and waits for every acknowledgement.
-async fn send_epoch(p: &Publisher, producer: &FutureProducer, epoch: u64, chunks: &[(Vec<u8>, Vec<u8>)]) -> ConnectorResult<u64> {
-    let mut deliveries = Vec::new();
-    let sink_id = p.sink_id.to_string();
+/// Sends one epoch's records and waits until every one is acknowledged;
+/// with a transactional id, inside one transaction that also holds the
+/// progress record (aborted on any failure). Blocking.
+fn send_epoch(producer: &BaseProducer<Deliveries>, topic: &str, sink_id: u64, epoch: u64, chunks: &[Vec<u8>], txn: Option<&str>) -> ConnectorResult<u64> {
+    if txn.is_some() {
+        producer.begin_transaction()?;
+    }
+    let result = send_records(producer, topic, sink_id, epoch, chunks, txn);
+    if result.is_err() && txn.is_some() {
+        let _ = producer.abort_transaction(TXN_TIMEOUT);
+    }
+    let sent = result?;
+    if txn.is_some() {
+        failpoint::hit("before_kafka_commit");
+        producer.commit_transaction(TXN_TIMEOUT)?;
+        failpoint::hit("after_kafka_commit");
+    }
+    Ok(sent)
+}
+
+fn send_records(producer: &BaseProducer<Deliveries>, topic: &str, sink_id: u64, epoch: u64, chunks: &[Vec<u8>], txn: Option<&str>) -> ConnectorResult<u64> {
+    use std::fmt::Write;
+    let sink_text = sink_id.to_string();
     let epoch_text = epoch.to_string();
+    let mut seq_text = String::new();
     let mut seq = 0u64;
-    for (_, value) in chunks {
-        let records = decode_outbox(value).map_err(|e| ConnectorError::Option(e.to_string()))?;
-        for r in records {
-            let seq_text = seq.to_string();
+    producer.context().take_failure();
+    let mut refused: Option<KafkaError> = None;
+    for value in chunks {
+        for_each_outbox_record(value, |key, payload| {
+            seq_text.clear();
+            let _ = write!(seq_text, "{seq}");
             seq += 1;
-            let headers = OwnedHeaders::new()
-                .insert(Header { key: "eddy.sink", value: Some(sink_id.as_bytes()) })
+            let headers = OwnedHeaders::new_with_capacity(3)
+                .insert(Header { key: "eddy.sink", value: Some(sink_text.as_bytes()) })
                 .insert(Header { key: "eddy.epoch", value: Some(epoch_text.as_bytes()) })
                 .insert(Header { key: "eddy.seq", value: Some(seq_text.as_bytes()) });
-            let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&p.opts.topic).headers(headers);
-            if let Some(k) = &r.key {
-                rec = rec.key(k.as_slice());
+            let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).headers(headers);
+            if let Some(k) = key {
+                rec = rec.key(k);
             }
-            if let Some(v) = &r.value {
-                rec = rec.payload(v.as_slice());
+            if let Some(v) = payload {
+                rec = rec.payload(v);
             }
             loop {
-                match producer.send_result(rec) {
-                    Ok(f) => {
-                        deliveries.push(f);
-                        break;
-                    }
-                    Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
+                match producer.send(rec) {
+                    Ok(()) => return Ok(()),
+                    Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
                         rec = back;
-                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        // Serves delivery reports, making room.
+                        producer.poll(Duration::from_millis(10));
                     }
-                    Err((e, _)) => return Err(e.into()),
+                    Err((e, _)) => {
+                        refused = Some(e);
+                        return Err(crate::stream::StreamError::Failed("refused".into()));
+                    }
                 }
             }
-        }
+        })
+        .map_err(|e| refused.take().map(ConnectorError::from).unwrap_or_else(|| ConnectorError::Option(e.to_string())))?;
+        producer.poll(Duration::ZERO);
     }
-    for d in deliveries {
-        match d.await {
-            Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => return Err(e.into()),
-            Err(_) => return Err(ConnectorError::Option("a Kafka delivery was canceled".into())),
-        }
+    if let Some(id) = txn {
+        let progress = epoch.to_string();
+        let rec: BaseRecord<'_, str, str> = BaseRecord::to(PROGRESS_TOPIC).key(id).payload(progress.as_str());
+        producer.send(rec).map_err(|(e, _)| e)?;
+    }
+    producer.flush(TXN_TIMEOUT)?;
+    if let Some(e) = producer.context().take_failure() {
+        return Err(e.into());
     }
     Ok(seq)
 }

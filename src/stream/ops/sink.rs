@@ -36,8 +36,8 @@ pub struct SinkOp {
     format: Format,
     key_columns: Vec<usize>,
     schema: SchemaRef,
-    /// PLAIN: records in order.
-    plain: Vec<Record>,
+    /// PLAIN: the epoch's records in order, already in outbox encoding.
+    plain: OutboxBuilder,
     /// UPSERT/DEBEZIUM: per key, (row before the epoch if retracted, row now).
     keyed: HashMap<Vec<u8>, (Option<Option<Vec<u8>>>, Option<Vec<u8>>)>,
     order: Vec<Vec<u8>>,
@@ -56,12 +56,13 @@ impl SinkOp {
                     .map_err(|_| StreamError::Failed(format!("primary_key column \"{k}\" is not in the sink's query")))
             })
             .collect::<StreamResult<Vec<_>>>()?;
-        Ok(Self { sink_id, format: def.format, key_columns, schema, plain: Vec::new(), keyed: HashMap::new(), order: Vec::new() })
+        Ok(Self { sink_id, format: def.format, key_columns, schema, plain: OutboxBuilder::default(), keyed: HashMap::new(), order: Vec::new() })
     }
 }
 
-/// Each row of `batch` as one JSON object (nulls written out).
-pub fn json_rows(batch: &RecordBatch) -> StreamResult<Vec<Vec<u8>>> {
+/// Each row of `batch` as one JSON object (nulls written out): one buffer
+/// of JSON lines and each row's byte range in it (no copy per row).
+pub fn json_lines(batch: &RecordBatch) -> StreamResult<(Vec<u8>, Vec<std::ops::Range<usize>>)> {
     let mut buf = Vec::with_capacity(batch.num_rows() * 64);
     {
         let mut writer = datafusion::arrow::json::WriterBuilder::new()
@@ -71,44 +72,69 @@ pub fn json_rows(batch: &RecordBatch) -> StreamResult<Vec<Vec<u8>>> {
         writer.finish()?;
     }
     // JSON strings escape newlines, so lines are rows.
-    Ok(buf.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec).collect())
+    let mut ranges = Vec::with_capacity(batch.num_rows());
+    let mut start = 0;
+    for (i, b) in buf.iter().enumerate() {
+        if *b == b'\n' {
+            if i > start {
+                ranges.push(start..i);
+            }
+            start = i + 1;
+        }
+    }
+    if start < buf.len() {
+        ranges.push(start..buf.len());
+    }
+    if ranges.len() != batch.num_rows() {
+        return Err(StreamError::Failed(format!("JSON writer gave {} lines for {} rows", ranges.len(), batch.num_rows())));
+    }
+    Ok((buf, ranges))
+}
+
+/// Each row of `batch` as one JSON object (nulls written out).
+pub fn json_rows(batch: &RecordBatch) -> StreamResult<Vec<Vec<u8>>> {
+    let (buf, ranges) = json_lines(batch)?;
+    Ok(ranges.into_iter().map(|r| buf[r].to_vec()).collect())
 }
 
 impl Operator for SinkOp {
     fn process(&mut self, _input: usize, changes: Changes) -> StreamResult<Vec<Changes>> {
         let batch = RecordBatch::try_new(self.schema.clone(), changes.batch.columns().to_vec())?;
+        if self.format == Format::Plain {
+            // Straight from the JSON lines into the outbox encoding.
+            let (values, value_at) = json_lines(&batch)?;
+            let keys = if self.key_columns.is_empty() { None } else { Some(json_lines(&batch.project(&self.key_columns)?)?) };
+            for (i, range) in value_at.into_iter().enumerate() {
+                let key = keys.as_ref().map(|(buf, at)| &buf[at[i].clone()]);
+                for _ in 0..changes.weights.value(i).max(0) {
+                    self.plain.push(key, Some(&values[range.clone()]));
+                }
+            }
+            return Ok(Vec::new());
+        }
         let values = json_rows(&batch)?;
         let keys = if self.key_columns.is_empty() { None } else { Some(json_rows(&batch.project(&self.key_columns)?)?) };
         for (i, value) in values.into_iter().enumerate() {
             let weight = changes.weights.value(i);
             let key = keys.as_ref().map(|k| k[i].clone());
-            match self.format {
-                Format::Plain => {
-                    for _ in 0..weight.max(0) {
-                        self.plain.push(Record { key: key.clone(), value: Some(value.clone()) });
-                    }
+            let key = key.unwrap_or_default();
+            let entry = self.keyed.entry(key.clone()).or_insert_with(|| {
+                self.order.push(key);
+                (None, None)
+            });
+            if weight > 0 {
+                if entry.0.is_none() {
+                    // First seen arriving: the key held nothing before.
+                    entry.0 = Some(None);
                 }
-                Format::Upsert | Format::Debezium => {
-                    let key = key.unwrap_or_default();
-                    let entry = self.keyed.entry(key.clone()).or_insert_with(|| {
-                        self.order.push(key);
-                        (None, None)
-                    });
-                    if weight > 0 {
-                        if entry.0.is_none() {
-                            // First seen arriving: the key held nothing before.
-                            entry.0 = Some(None);
-                        }
-                        entry.1 = Some(value);
-                    } else if weight < 0 {
-                        if entry.0.is_none() {
-                            // The row the key held before this epoch.
-                            entry.0 = Some(Some(value.clone()));
-                        }
-                        if entry.1.as_ref() == Some(&value) || entry.1.is_none() {
-                            entry.1 = None;
-                        }
-                    }
+                entry.1 = Some(value);
+            } else if weight < 0 {
+                if entry.0.is_none() {
+                    // The row the key held before this epoch.
+                    entry.0 = Some(Some(value.clone()));
+                }
+                if entry.1.as_ref() == Some(&value) || entry.1.is_none() {
+                    entry.1 = None;
                 }
             }
         }
@@ -116,7 +142,7 @@ impl Operator for SinkOp {
     }
 
     fn barrier(&mut self, epoch: u64) -> StreamResult<(Vec<Changes>, Vec<StateWrite>)> {
-        let mut records = std::mem::take(&mut self.plain);
+        let mut out = std::mem::take(&mut self.plain);
         for key in std::mem::take(&mut self.order) {
             let Some((before, after)) = self.keyed.remove(&key) else { continue };
             let before = before.flatten();
@@ -125,7 +151,7 @@ impl Operator for SinkOp {
                     if before.is_none() && after.is_none() {
                         continue;
                     }
-                    records.push(Record { key: Some(key), value: after });
+                    out.push(Some(&key), after.as_deref());
                 }
                 _ => {
                     let op = match (&before, &after) {
@@ -143,11 +169,11 @@ impl Operator for SinkOp {
                         raw(&after),
                         chrono::Utc::now().timestamp_millis()
                     );
-                    records.push(Record { key: Some(key), value: Some(value.into_bytes()) });
+                    out.push(Some(&key), Some(value.as_bytes()));
                 }
             }
         }
-        let writes = encode_outbox(self.sink_id, epoch, &records);
+        let writes = out.finish(self.sink_id, epoch);
         if !writes.is_empty() {
             crate::failpoint::hit("after_sink_flush");
         }
@@ -155,38 +181,51 @@ impl Operator for SinkOp {
     }
 }
 
-/// The outbox writes of one epoch: records in chunks of about 1 MiB.
-pub fn encode_outbox(sink_id: u64, epoch: u64, records: &[Record]) -> Vec<StateWrite> {
-    let mut writes = Vec::new();
-    let mut chunk = Vec::new();
-    let flush = |chunk: &mut Vec<u8>, writes: &mut Vec<StateWrite>| {
-        let key = outbox_key(sink_id, epoch, writes.len() as u32);
-        writes.push((key, Some(std::mem::take(chunk))));
-    };
-    for r in records {
-        for part in [&r.key, &r.value] {
-            match part {
-                Some(b) => {
-                    chunk.extend_from_slice(&(b.len() as u32).to_le_bytes());
-                    chunk.extend_from_slice(b);
-                }
-                None => chunk.extend_from_slice(&u32::MAX.to_le_bytes()),
-            }
-        }
-        if chunk.len() >= CHUNK_BYTES {
-            flush(&mut chunk, &mut writes);
-        }
-    }
-    if !chunk.is_empty() {
-        flush(&mut chunk, &mut writes);
-    }
-    writes
+/// Builds one epoch's outbox: records (`u32 LE` length or `u32::MAX` for
+/// none, then the bytes; key then value) in chunks of about 1 MiB.
+#[derive(Default)]
+pub struct OutboxBuilder {
+    chunks: Vec<Vec<u8>>,
+    current: Vec<u8>,
 }
 
-/// Reads back the records of one outbox value.
-pub fn decode_outbox(mut buf: &[u8]) -> StreamResult<Vec<Record>> {
-    let mut out = Vec::new();
-    let part = |buf: &mut &[u8]| -> StreamResult<Option<Vec<u8>>> {
+impl OutboxBuilder {
+    pub fn push(&mut self, key: Option<&[u8]>, value: Option<&[u8]>) {
+        for part in [key, value] {
+            match part {
+                Some(b) => {
+                    self.current.extend_from_slice(&(b.len() as u32).to_le_bytes());
+                    self.current.extend_from_slice(b);
+                }
+                None => self.current.extend_from_slice(&u32::MAX.to_le_bytes()),
+            }
+        }
+        if self.current.len() >= CHUNK_BYTES {
+            self.chunks.push(std::mem::replace(&mut self.current, Vec::with_capacity(CHUNK_BYTES + (CHUNK_BYTES >> 3))));
+        }
+    }
+
+    /// The outbox writes of `epoch`, one per chunk.
+    pub fn finish(mut self, sink_id: u64, epoch: u64) -> Vec<StateWrite> {
+        if !self.current.is_empty() {
+            self.chunks.push(self.current);
+        }
+        self.chunks.into_iter().enumerate().map(|(i, c)| (outbox_key(sink_id, epoch, i as u32), Some(c))).collect()
+    }
+}
+
+/// The outbox writes of one epoch: records in chunks of about 1 MiB.
+pub fn encode_outbox(sink_id: u64, epoch: u64, records: &[Record]) -> Vec<StateWrite> {
+    let mut out = OutboxBuilder::default();
+    for r in records {
+        out.push(r.key.as_deref(), r.value.as_deref());
+    }
+    out.finish(sink_id, epoch)
+}
+
+/// Visits the records `(key, value)` of one outbox value without copying.
+pub fn for_each_outbox_record(mut buf: &[u8], mut f: impl FnMut(Option<&[u8]>, Option<&[u8]>) -> StreamResult<()>) -> StreamResult<()> {
+    fn part<'a>(buf: &mut &'a [u8]) -> StreamResult<Option<&'a [u8]>> {
         let len = buf.get(..4).ok_or_else(|| StreamError::Corrupt("sink outbox".into()))?;
         let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]);
         *buf = &buf[4..];
@@ -194,15 +233,25 @@ pub fn decode_outbox(mut buf: &[u8]) -> StreamResult<Vec<Record>> {
             return Ok(None);
         }
         let len = len as usize;
-        let bytes = buf.get(..len).ok_or_else(|| StreamError::Corrupt("sink outbox".into()))?.to_vec();
+        let bytes = buf.get(..len).ok_or_else(|| StreamError::Corrupt("sink outbox".into()))?;
         *buf = &buf[len..];
         Ok(Some(bytes))
-    };
+    }
     while !buf.is_empty() {
         let key = part(&mut buf)?;
         let value = part(&mut buf)?;
-        out.push(Record { key, value });
+        f(key, value)?;
     }
+    Ok(())
+}
+
+/// Reads back the records of one outbox value.
+pub fn decode_outbox(buf: &[u8]) -> StreamResult<Vec<Record>> {
+    let mut out = Vec::new();
+    for_each_outbox_record(buf, |key, value| {
+        out.push(Record { key: key.map(<[u8]>::to_vec), value: value.map(<[u8]>::to_vec) });
+        Ok(())
+    })?;
     Ok(out)
 }
 
