@@ -17,9 +17,22 @@ pub struct TestServer {
     _tmp: Option<tempfile::TempDir>,
 }
 
+/// A free port for a test server, below Linux's ephemeral range
+/// (32768-60999) and never handed out before in this test process. From
+/// the ephemeral range, a port could be taken again by any outgoing
+/// connection (the Kafka clients of other tests), and `wait_ready`'s own
+/// connect could even meet itself (TCP self-connect) and report a server
+/// that is not there.
 fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let base = std::process::id().wrapping_mul(7919);
+    loop {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = 20_000 + (base.wrapping_add(n) % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 impl TestServer {
