@@ -138,7 +138,17 @@ fn run(ingest: &Ingest, stop: &AtomicBool, worker: usize, workers: usize) -> Con
         // Fill a chunk.
         let mut held = Vec::new();
         let started = Instant::now();
-        while held.len() < CHUNK_MESSAGES && started.elapsed() < CHUNK_WAIT {
+        // The clock is read every 64 messages and after every empty poll
+        // (reading it per message cost 3% of a pass-through's CPU).
+        let mut until_clock = 0u32;
+        while held.len() < CHUNK_MESSAGES {
+            if until_clock == 0 {
+                if started.elapsed() >= CHUNK_WAIT {
+                    break;
+                }
+                until_clock = 64;
+            }
+            until_clock -= 1;
             match client.poll(Duration::from_millis(20)) {
                 Some(Ok(m)) => held.push(m),
                 Some(Err(e)) => {
@@ -146,6 +156,7 @@ fn run(ingest: &Ingest, stop: &AtomicBool, worker: usize, workers: usize) -> Con
                     break;
                 }
                 None => {
+                    until_clock = 0;
                     if held.is_empty() && stop.load(Ordering::SeqCst) {
                         return Ok(());
                     }
