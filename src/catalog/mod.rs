@@ -161,6 +161,10 @@ pub struct MatView {
     /// Whether its rows are only ever added (its plan is append-only), so
     /// a view or a `FORMAT PLAIN` sink reading it sees inserts only.
     pub append_only: bool,
+    /// The columns that carry a watermark out of its plan (a window
+    /// column of an EMIT ON WINDOW CLOSE aggregate, a source's time
+    /// column): views reading it get them too.
+    pub watermarks: Vec<usize>,
 }
 
 /// A plain view: its definition and its plan, inlined where it is used.

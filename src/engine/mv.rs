@@ -149,8 +149,9 @@ pub async fn create(engine: &Engine, cv: CreateView) -> EngineResult<Output> {
     let sp = stream_plan(engine, &planned, eowc)?;
     let schema = sp.schema.clone();
     let append_only = plan::append_only(&sp.root);
+    let watermarks = sp.root.watermarks.clone();
     let def = engine.stream.attach(def, sp, true).await?;
-    engine.catalog.insert_mv(Arc::new(MatView { def, schema, append_only }));
+    engine.catalog.insert_mv(Arc::new(MatView { def, schema, append_only, watermarks }));
     Ok(Output::Command { tag, rows: None })
 }
 
@@ -191,8 +192,9 @@ async fn restore_one(engine: &Engine, def: MvDef, materialized: bool) -> EngineR
     let sp = stream_plan(engine, &planned, def.eowc)?;
     let schema = sp.schema.clone();
     let append_only = plan::append_only(&sp.root);
+    let watermarks = sp.root.watermarks.clone();
     let def = engine.stream.attach(def, sp, false).await?;
-    engine.catalog.insert_mv(Arc::new(MatView { def, schema, append_only }));
+    engine.catalog.insert_mv(Arc::new(MatView { def, schema, append_only, watermarks }));
     Ok(())
 }
 

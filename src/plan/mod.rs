@@ -377,18 +377,26 @@ impl Builder<'_> {
                         Arc::new(datafusion::physical_expr::expressions::Column::new(full.field(i).name(), i))
                     })
                     .collect();
-                let derive = vec![None; projection.len()];
+                // The view's watermarked columns keep their watermarks.
+                let derive: Vec<Option<usize>> =
+                    projection.iter().map(|&i| mv.watermarks.contains(&i).then_some(i)).collect();
+                let watermarks = derive.iter().enumerate().filter(|(_, d)| d.is_some()).map(|(j, _)| j).collect();
+                let mut src = src;
+                src.watermarks = mv.watermarks.clone();
                 return Ok(PlanNode {
                     id,
                     op: Op::Project { exprs, derive },
                     schema,
                     inputs: vec![src],
                     label: "Project: columns of the view".into(),
-                    watermarks: Vec::new(),
+                    watermarks,
                 });
             }
             let label = format!("MvSource: view={name}, emits={}", if mv.append_only { "append-only" } else { "retracting" });
-            return Ok(self.leaf(Op::MvSource { mv }, schema, label));
+            let watermarks = mv.watermarks.clone();
+            let mut node = self.leaf(Op::MvSource { mv }, schema, label);
+            node.watermarks = watermarks;
+            return Ok(node);
         }
         unsupported(format!("reading {name} (not a table or materialized view)"))
     }
@@ -620,8 +628,11 @@ impl Builder<'_> {
             )
         };
         // An interval or window join passes a watermark on each time column
-        // whose side is bounded by the other (stream::ops::join::limit).
-        let mut watermarks = Vec::new();
+        // whose side is bounded by the other (stream::ops::join::limit); a
+        // temporal join emits only when a stream row arrives, so the stream
+        // side's watermarks hold for its output (the left columns come
+        // first, at the same positions).
+        let mut watermarks = if temporal { left.watermarks.clone() } else { Vec::new() };
         if let Some(b) = bounds {
             if b.hi.is_some() {
                 watermarks.push(b.cols[0]);

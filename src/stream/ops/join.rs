@@ -30,7 +30,9 @@
 //! row already joined keeps the version it met), and stream rows are not
 //! stored. Its output is append-only when the stream is. Stream rows that
 //! arrive before the operator's first barrier wait for it, so that a new
-//! view's back-filled stream meets the whole back-filled table.
+//! view's back-filled stream meets the whole back-filled table. The
+//! stream side's watermarks pass through (after any held rows), so an
+//! enriched stream can feed an `EMIT ON WINDOW CLOSE` aggregate.
 
 use std::collections::HashMap;
 
@@ -407,6 +409,19 @@ impl Operator for JoinOp {
     }
 
     fn watermark(&mut self, input: usize, wm: &crate::stream::Watermark) -> StreamResult<Vec<crate::stream::Watermark>> {
+        if self.temporal {
+            // The stream side's watermark holds for the output (its
+            // columns come first). Stream rows held for the first barrier
+            // are emitted at it: the watermark waits behind them.
+            if input != 0 {
+                return Ok(Vec::new());
+            }
+            if self.held.is_some() {
+                self.pending_watermarks.push(wm.clone());
+                return Ok(Vec::new());
+            }
+            return Ok(vec![wm.clone()]);
+        }
         if let Some(b) = self.bounds
             && b.cols.get(input) == Some(&wm.col)
             && let Some(v) = crate::stream::ops::session::scalar_time(&wm.value)

@@ -4,6 +4,10 @@
 //! checkpoint, and passes the consolidated changes to the views that read
 //! this one. A SELECT on the view reads the stored rows, which change only
 //! when a checkpoint commits: it always sees a complete epoch.
+//!
+//! Watermarks reaching it are passed on to those views after the
+//! barrier's changes (the latest per column, once it moves), so a view
+//! over a windowed view can close its own windows.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,12 +27,15 @@ pub struct MaterializeOp {
     schema: SchemaRef,
     codec: RowCodec,
     pending: HashMap<Vec<u8>, i64, foldhash::fast::RandomState>,
+    /// Per column, the latest watermark received and whether it moved
+    /// since the last barrier.
+    watermarks: std::collections::BTreeMap<usize, (datafusion::common::ScalarValue, bool)>,
 }
 
 impl MaterializeOp {
     pub fn new(db: Arc<DB>, prefix: Vec<u8>, schema: SchemaRef) -> StreamResult<Self> {
         let types: Vec<_> = schema.fields().iter().map(|f| f.data_type().clone()).collect();
-        Ok(Self { db, prefix, codec: RowCodec::new(&types)?, schema, pending: HashMap::default() })
+        Ok(Self { db, prefix, codec: RowCodec::new(&types)?, schema, pending: HashMap::default(), watermarks: Default::default() })
     }
 }
 
@@ -42,6 +49,24 @@ impl Operator for MaterializeOp {
             }
         }
         Ok(Vec::new())
+    }
+
+    fn watermark(&mut self, _input: usize, wm: &crate::stream::Watermark) -> StreamResult<Vec<crate::stream::Watermark>> {
+        let entry = self.watermarks.entry(wm.col).or_insert_with(|| (wm.value.clone(), true));
+        if wm.value > entry.0 {
+            *entry = (wm.value.clone(), true);
+        }
+        Ok(Vec::new())
+    }
+
+    fn take_watermarks(&mut self) -> Vec<crate::stream::Watermark> {
+        let mut out = Vec::new();
+        for (col, (value, moved)) in self.watermarks.iter_mut() {
+            if std::mem::take(moved) {
+                out.push(crate::stream::Watermark { col: *col, value: value.clone() });
+            }
+        }
+        out
     }
 
     fn barrier(&mut self, _epoch: u64) -> StreamResult<(Vec<Changes>, Vec<StateWrite>)> {
