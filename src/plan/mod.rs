@@ -122,6 +122,10 @@ pub enum Op {
         skip: usize,
         limit: Option<usize>,
         rank: bool,
+        /// A timestamp column among the partition keys that carries a
+        /// watermark: `(index in partition, input column)`. Partitions
+        /// below the watermark are closed: their state is dropped.
+        time: Option<(usize, usize)>,
     },
     /// Session windows ([`session`]): every input row, plus per entry of
     /// `ends` its session's start (`false`) or end (`true`); `gap` in the
@@ -775,7 +779,7 @@ impl Builder<'_> {
         );
         Ok(PlanNode {
             id,
-            op: Op::TopN { partition: Vec::new(), order, skip, limit, rank: false },
+            op: Op::TopN { partition: Vec::new(), order, skip, limit, rank: false, time: None },
             schema,
             inputs: vec![child],
             label,
@@ -817,19 +821,32 @@ impl Builder<'_> {
             .map(|e| Ok((self.phys(&e.expr, in_schema)?, SortOptions { descending: !e.asc, nulls_first: e.nulls_first })))
             .collect::<PlanResult<Vec<_>>>()?;
         let limit = hint.filter(|(name, _)| *name == out_name).map(|(_, n)| n);
-        let label = format!(
-            "TopN: row_number() partition=[{}], order=[{}], limit={}, state=rows per partition ordered by sort key, emits=retracting",
+        // Per-window top-N: a watermarked timestamp among the partition
+        // keys (window_start) closes partitions; the output's copy of the
+        // column carries the watermark on (input columns come first).
+        let time = f.params.partition_by.iter().enumerate().find_map(|(k, e)| {
+            let Expr::Column(c) = e.clone().unalias() else { return None };
+            let i = in_schema.index_of_column(&c).ok()?;
+            let is_time = matches!(in_schema.field(i).data_type(), DataType::Timestamp(..));
+            (is_time && child.watermarks.contains(&i)).then_some((k, i))
+        });
+        let mut label = format!(
+            "TopN: row_number() partition=[{}], order=[{}], limit={}, state=rows per partition ordered by sort key",
             f.params.partition_by.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", "),
             f.params.order_by.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", "),
             limit.map_or("all".into(), |l| l.to_string())
         );
+        if let Some((k, _)) = time {
+            label.push_str(&format!(", partitions dropped by watermark ({})", f.params.partition_by[k]));
+        }
+        label.push_str(", emits=retracting");
         Ok(PlanNode {
             id,
-            op: Op::TopN { partition, order, skip: 0, limit, rank: true },
+            op: Op::TopN { partition, order, skip: 0, limit, rank: true, time },
             schema,
             inputs: vec![child],
             label,
-            watermarks: Vec::new(),
+            watermarks: time.map(|(_, i)| i).into_iter().collect(),
         })
     }
 }

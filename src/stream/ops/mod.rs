@@ -132,7 +132,7 @@ pub fn spawn(node: PlanNode, ctx: &Arc<OpContext>, sources: &mut Vec<SourceInput
             temporal,
             bounds,
         )?),
-        Op::TopN { partition, order, skip, limit, rank } => Box::new(topn::TopNOp::new(
+        Op::TopN { partition, order, skip, limit, rank, time } => Box::new(topn::TopNOp::new(
             partition,
             order,
             skip,
@@ -141,6 +141,7 @@ pub fn spawn(node: PlanNode, ctx: &Arc<OpContext>, sources: &mut Vec<SourceInput
             input_schema(0)?,
             schema,
             ctx.state_table(id),
+            time,
         )?),
         Op::Session { partition, time, gap, ends, time_col, prune } => Box::new(session::SessionOp::new(
             partition,

@@ -9,10 +9,19 @@
 //! (the first `offset + limit` rows) before and after applying the batch
 //! and emits the difference, with the row number when asked: deleting a
 //! row of the top N brings the next one in.
+//!
+//! Per-window top-N (a watermarked timestamp among the partition keys,
+//! like `PARTITION BY window_start`): each partition is also listed under
+//! `[u32::MAX][time][partition]` (no partition's length prefix is
+//! `u32::MAX`). The watermark passes on at once (a partition's output
+//! changes only when its rows arrive), and at each barrier the partitions
+//! below it are closed: their rows and listing are deleted, so the state
+//! holds open windows only. Rows of a closed partition that still arrive
+//! are dropped (they are late).
 
 use std::collections::HashMap;
 
-use datafusion::arrow::array::{ArrayRef, Int64Array, UInt64Array};
+use datafusion::arrow::array::{Array, ArrayRef, Int64Array, UInt64Array};
 use datafusion::arrow::compute::{SortOptions, cast};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 
@@ -34,6 +43,23 @@ pub struct TopNOp {
     entry_codec: RowCodec,
     input_columns: usize,
     state: StateTable,
+    /// `(index in partition, input column)` of the watermarked time
+    /// column, and its watermark (raw, in the column's unit).
+    time: Option<(usize, usize)>,
+    watermark: Option<i64>,
+}
+
+/// The first bytes of a closing-index key.
+const INDEX_TAG: [u8; 4] = u32::MAX.to_be_bytes();
+
+/// Sortable 9 bytes of a time (`None` sorts first).
+fn time_key(t: Option<i64>) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    if let Some(t) = t {
+        k[0] = 1;
+        k[1..].copy_from_slice(&((t as u64) ^ (1 << 63)).to_be_bytes());
+    }
+    k
 }
 
 impl TopNOp {
@@ -46,6 +72,7 @@ impl TopNOp {
         input_schema: SchemaRef,
         schema: SchemaRef,
         state: StateTable,
+        time: Option<(usize, usize)>,
     ) -> StreamResult<Self> {
         let partition_types =
             partition.iter().map(|e| e.data_type(&input_schema)).collect::<Result<Vec<_>, _>>()?;
@@ -67,7 +94,35 @@ impl TopNOp {
             entry_codec: RowCodec::with_options(entry_fields)?,
             input_columns: input_schema.fields().len(),
             state,
+            time,
+            watermark: None,
         })
+    }
+
+    /// Per row, its partition's time (raw), when partitions close by
+    /// watermark.
+    fn row_times(&self, changes: &Changes) -> StreamResult<Option<Int64Array>> {
+        let Some((_, col)) = self.time else { return Ok(None) };
+        let raw = cast(changes.batch.column(col), &DataType::Int64)?;
+        Ok(raw.as_any().downcast_ref::<Int64Array>().cloned())
+    }
+
+    /// Deletes every partition whose time is below the watermark.
+    fn close_partitions(&mut self) -> StreamResult<()> {
+        let Some(w) = self.watermark else { return Ok(()) };
+        let mut from = INDEX_TAG.to_vec();
+        from.extend_from_slice(&time_key(None));
+        let mut to = INDEX_TAG.to_vec();
+        to.extend_from_slice(&time_key(Some(w)));
+        let closed = self.state.scan_range(&from, Some(&to), usize::MAX)?;
+        for (index_key, _) in closed {
+            let prefix = index_key[INDEX_TAG.len() + 9..].to_vec();
+            for (k, _) in self.state.scan_prefix(&prefix, usize::MAX)? {
+                self.state.delete(k);
+            }
+            self.state.delete(index_key);
+        }
+        Ok(())
     }
 
     /// The visible rows of a partition, in order (entries repeated by
@@ -109,10 +164,26 @@ impl Operator for TopNOp {
         entry_cols.extend(changes.batch.columns().iter().cloned());
         let entries = self.entry_codec.encode(&entry_cols, n)?;
 
+        let times = self.row_times(&changes)?;
         let mut groups: HashMap<&[u8], Vec<usize>> = HashMap::new();
         let mut order: Vec<&[u8]> = Vec::new();
+        let mut index_keys: Vec<Vec<u8>> = Vec::new();
         for i in 0..n {
             let p = parts.row(i);
+            if let Some(times) = &times {
+                let t = times.is_valid(i).then(|| times.value(i));
+                if let (Some(t), Some(w)) = (t, self.watermark)
+                    && t < w
+                {
+                    continue; // a closed partition: the row is late
+                }
+                if !groups.contains_key(p) {
+                    let mut k = INDEX_TAG.to_vec();
+                    k.extend_from_slice(&time_key(t));
+                    push_len_prefixed(&mut k, p);
+                    index_keys.push(k);
+                }
+            }
             groups
                 .entry(p)
                 .or_insert_with(|| {
@@ -120,6 +191,9 @@ impl Operator for TopNOp {
                     Vec::new()
                 })
                 .push(i);
+        }
+        for k in index_keys {
+            self.state.put(k, Vec::new());
         }
         let mut out_entries: Vec<Vec<u8>> = Vec::new();
         let mut out_ranks: Vec<u64> = Vec::new();
@@ -174,9 +248,85 @@ impl Operator for TopNOp {
         Ok(vec![Changes::new(batch, Int64Array::from(out_weights))])
     }
 
+    fn watermark(&mut self, _input: usize, wm: &crate::stream::Watermark) -> StreamResult<Vec<crate::stream::Watermark>> {
+        match self.time {
+            Some((_, col)) if col == wm.col => {
+                if let Some(v) = super::session::scalar_time(&wm.value) {
+                    self.watermark = Some(self.watermark.map_or(v, |old| old.max(v)));
+                }
+                Ok(vec![wm.clone()])
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+
     fn barrier(&mut self, epoch: u64) -> StreamResult<(Vec<Changes>, Vec<StateWrite>)> {
+        self.close_partitions()?;
         let writes = self.state.take_dirty(epoch);
         self.state.evict_if_needed();
         Ok((Vec::new(), writes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Array, Int64Array, RecordBatch, TimestampMicrosecondArray};
+    use datafusion::arrow::compute::SortOptions;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use datafusion::common::ScalarValue;
+    use datafusion::physical_expr::expressions::Column;
+
+    use super::*;
+    use crate::stream::Watermark;
+    use crate::stream::state::CacheBudget;
+
+    const MINUTE: i64 = 60_000_000;
+
+    fn batch(schema: &Arc<Schema>, rows: &[(i64, i64)]) -> Changes {
+        let ws = TimestampMicrosecondArray::from(rows.iter().map(|r| r.0).collect::<Vec<_>>());
+        let views = Int64Array::from(rows.iter().map(|r| r.1).collect::<Vec<_>>());
+        let b = RecordBatch::try_new(schema.clone(), vec![Arc::new(ws), Arc::new(views)]).unwrap();
+        Changes::new(b, Int64Array::from(vec![1; rows.len()]))
+    }
+
+    /// Top 1 per window_start: a watermark closes the windows below it
+    /// (their state goes), passes on, and a late row is dropped.
+    #[test]
+    fn windows_below_the_watermark_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(rocksdb::DB::open_default(dir.path()).unwrap());
+        let input = Arc::new(Schema::new(vec![
+            Field::new("window_start", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+            Field::new("views", DataType::Int64, true),
+        ]));
+        let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.push(Field::new("rank", DataType::UInt64, true));
+        let output = Arc::new(Schema::new(fields));
+        let state = StateTable::new(db, b"t".to_vec(), CacheBudget::new(1 << 20));
+        let part: PhysExpr = Arc::new(Column::new("window_start", 0));
+        let order: PhysExpr = Arc::new(Column::new("views", 1));
+        let desc = SortOptions { descending: true, nulls_first: false };
+        let mut op = TopNOp::new(vec![part], vec![(order, desc)], 0, Some(1), true, input.clone(), output, state, Some((0, 0))).unwrap();
+
+        let out = op.process(0, batch(&input, &[(0, 5), (0, 7), (MINUTE, 3)])).unwrap();
+        assert_eq!(out.iter().map(|c| c.len()).sum::<usize>(), 2, "one row per window");
+        let rows_before = op.state.scan_prefix(&[], usize::MAX).unwrap().len();
+        assert_eq!(rows_before, 3 + 2, "3 rows and 2 window listings");
+
+        let wm = Watermark { col: 0, value: ScalarValue::TimestampMicrosecond(Some(MINUTE), None) };
+        assert_eq!(op.watermark(0, &wm).unwrap(), vec![wm.clone()]);
+        op.barrier(1).unwrap();
+        let left = op.state.scan_prefix(&[], usize::MAX).unwrap();
+        assert_eq!(left.len(), 2, "only the open window's row and listing stay");
+
+        // A late row of the closed window changes nothing.
+        assert!(op.process(0, batch(&input, &[(0, 100)])).unwrap().is_empty());
+        // The open window still works.
+        let out = op.process(0, batch(&input, &[(MINUTE, 9)])).unwrap();
+        let weights: Vec<i64> = out.iter().flat_map(|c| c.weights.values().to_vec()).collect();
+        assert_eq!(weights, vec![-1, 1]);
+        assert!(out.iter().all(|c| c.batch.column(0).null_count() == 0));
     }
 }
