@@ -180,3 +180,53 @@ async fn watermarks_and_closed_windows_survive_sigkill() {
     );
     assert_eq!(rows_text(&c, "SELECT name, late_rows FROM eddy_catalog.watermarks").await, vec!["ev|1"]);
 }
+
+/// A view over a windowed view still closes its windows after SIGKILL:
+/// the watermark travels again from the table through the first view to
+/// the second, and a per-window top-N over the first view keeps going.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watermarks_reach_views_of_views_after_sigkill() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path().join("data");
+    let per_minute = "SELECT device, minute, max_temp FROM device_minute ORDER BY minute, device";
+    {
+        let server = common::TestServer::start_in(&dir);
+        let c = server.connect().await;
+        c.batch_execute(
+            "SET implicit_flush = true;
+             CREATE TABLE readings (device INT, temp DOUBLE PRECISION, ts TIMESTAMP,
+                                    WATERMARK FOR ts AS ts - INTERVAL '5' SECOND) APPEND ONLY;
+             CREATE MATERIALIZED VIEW device_minute AS
+               SELECT device, window_start AS minute, max(temp) AS max_temp
+               FROM TUMBLE(readings, ts, INTERVAL '1' MINUTE) GROUP BY device, window_start EMIT ON WINDOW CLOSE;
+             CREATE MATERIALIZED VIEW hot_minutes AS
+               SELECT window_start, count(*) AS hot FROM TUMBLE(device_minute, minute, INTERVAL '5' MINUTE)
+               WHERE max_temp > 30 GROUP BY window_start EMIT ON WINDOW CLOSE;
+             CREATE MATERIALIZED VIEW hottest AS
+               SELECT minute, device FROM (SELECT minute, device,
+                 ROW_NUMBER() OVER (PARTITION BY minute ORDER BY max_temp DESC, device) AS rn FROM device_minute) r
+               WHERE rn = 1;
+             INSERT INTO readings VALUES (1, 31, '2026-11-29 10:00:10'), (2, 40, '2026-11-29 10:01:20'),
+                                         (1, 35, '2026-11-29 10:03:10');",
+        )
+        .await
+        .expect("setup");
+        assert_eq!(rows_text(&c, per_minute).await, vec!["1|2026-11-29 10:00:00|31", "2|2026-11-29 10:01:00|40"]);
+        assert!(rows_text(&c, "SELECT * FROM hot_minutes").await.is_empty());
+    }
+    // SIGKILLed when dropped.
+    let server = common::TestServer::start_in(&dir);
+    let c = server.connect().await;
+    c.batch_execute(
+        "SET implicit_flush = true;
+         INSERT INTO readings VALUES (2, 33, '2026-11-29 10:04:10');
+         INSERT INTO readings VALUES (2, 20, '2026-11-29 10:07:10');",
+    )
+    .await
+    .expect("after restart");
+    assert_eq!(rows_text(&c, "SELECT * FROM hot_minutes").await, vec!["2026-11-29 10:00:00|4"]);
+    assert_eq!(
+        rows_text(&c, "SELECT * FROM hottest ORDER BY minute").await,
+        vec!["2026-11-29 10:00:00|1", "2026-11-29 10:01:00|2", "2026-11-29 10:03:00|1", "2026-11-29 10:04:00|2"]
+    );
+}
