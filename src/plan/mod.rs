@@ -122,10 +122,9 @@ pub enum Op {
         skip: usize,
         limit: Option<usize>,
         rank: bool,
-        /// A timestamp column among the partition keys that carries a
-        /// watermark: `(index in partition, input column)`. Partitions
-        /// below the watermark are closed: their state is dropped.
-        time: Option<(usize, usize)>,
+        /// The input column of a watermarked timestamp among the partition
+        /// keys: partitions below the watermark are closed (state dropped).
+        time: Option<usize>,
     },
     /// Session windows ([`session`]): every input row, plus per entry of
     /// `ends` its session's start (`false`) or end (`true`); `gap` in the
@@ -369,11 +368,7 @@ impl Builder<'_> {
                 // Sources deliver whole rows; project them here.
                 let id = self.id();
                 let full = nullable(&mv.schema);
-                let src = self.leaf(
-                    Op::MvSource { mv: mv.clone() },
-                    full.clone(),
-                    format!("MvSource: view={name}, emits={}", if mv.append_only { "append-only" } else { "retracting" }),
-                );
+                let src = self.mv_leaf(mv.clone(), full.clone(), name);
                 let projection = scan.projection.clone().unwrap_or_default();
                 let exprs = projection
                     .iter()
@@ -385,8 +380,6 @@ impl Builder<'_> {
                 let derive: Vec<Option<usize>> =
                     projection.iter().map(|&i| mv.watermarks.contains(&i).then_some(i)).collect();
                 let watermarks = derive.iter().enumerate().filter(|(_, d)| d.is_some()).map(|(j, _)| j).collect();
-                let mut src = src;
-                src.watermarks = mv.watermarks.clone();
                 return Ok(PlanNode {
                     id,
                     op: Op::Project { exprs, derive },
@@ -396,13 +389,18 @@ impl Builder<'_> {
                     watermarks,
                 });
             }
-            let label = format!("MvSource: view={name}, emits={}", if mv.append_only { "append-only" } else { "retracting" });
-            let watermarks = mv.watermarks.clone();
-            let mut node = self.leaf(Op::MvSource { mv }, schema, label);
-            node.watermarks = watermarks;
-            return Ok(node);
+            return Ok(self.mv_leaf(mv, schema, name));
         }
         unsupported(format!("reading {name} (not a table or materialized view)"))
+    }
+
+    /// The source of a view's changes; it carries the view's watermarks.
+    fn mv_leaf(&mut self, mv: Arc<MatView>, schema: SchemaRef, name: &str) -> PlanNode {
+        let label = format!("MvSource: view={name}, emits={}", if mv.append_only { "append-only" } else { "retracting" });
+        let watermarks = mv.watermarks.clone();
+        let mut node = self.leaf(Op::MvSource { mv }, schema, label);
+        node.watermarks = watermarks;
+        node
     }
 
     fn projection(&mut self, p: &Projection, schema: SchemaRef, hint: RankHint) -> PlanResult<PlanNode> {
@@ -824,11 +822,11 @@ impl Builder<'_> {
         // Per-window top-N: a watermarked timestamp among the partition
         // keys (window_start) closes partitions; the output's copy of the
         // column carries the watermark on (input columns come first).
-        let time = f.params.partition_by.iter().enumerate().find_map(|(k, e)| {
+        let closing = f.params.partition_by.iter().find_map(|e| {
             let Expr::Column(c) = e.clone().unalias() else { return None };
             let i = in_schema.index_of_column(&c).ok()?;
             let is_time = matches!(in_schema.field(i).data_type(), DataType::Timestamp(..));
-            (is_time && child.watermarks.contains(&i)).then_some((k, i))
+            (is_time && child.watermarks.contains(&i)).then_some((e, i))
         });
         let mut label = format!(
             "TopN: row_number() partition=[{}], order=[{}], limit={}, state=rows per partition ordered by sort key",
@@ -836,9 +834,10 @@ impl Builder<'_> {
             f.params.order_by.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", "),
             limit.map_or("all".into(), |l| l.to_string())
         );
-        if let Some((k, _)) = time {
-            label.push_str(&format!(", partitions dropped by watermark ({})", f.params.partition_by[k]));
+        if let Some((e, _)) = closing {
+            label.push_str(&format!(", partitions dropped by watermark ({e})"));
         }
+        let time = closing.map(|(_, i)| i);
         label.push_str(", emits=retracting");
         Ok(PlanNode {
             id,
@@ -846,7 +845,7 @@ impl Builder<'_> {
             schema,
             inputs: vec![child],
             label,
-            watermarks: time.map(|(_, i)| i).into_iter().collect(),
+            watermarks: time.into_iter().collect(),
         })
     }
 }

@@ -80,6 +80,20 @@ impl Encoded {
     }
 }
 
+/// Bytes of a [`time_key`].
+pub const TIME_KEY_LEN: usize = 9;
+
+/// A time as 9 bytes that sort like the time (`None` first): for state
+/// keys ordered by event time (join rows, sessions, top-N windows).
+pub fn time_key(t: Option<i64>) -> [u8; TIME_KEY_LEN] {
+    let mut k = [0u8; TIME_KEY_LEN];
+    if let Some(t) = t {
+        k[0] = 1;
+        k[1..].copy_from_slice(&((t as u64) ^ (1 << 63)).to_be_bytes());
+    }
+    k
+}
+
 /// Writes `bytes` with a u32 length prefix, so a variable-length part can
 /// start a composite key without being confused with what follows it.
 pub fn push_len_prefixed(out: &mut Vec<u8>, bytes: &[u8]) {

@@ -42,23 +42,13 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef};
 
 use super::Operator;
 use crate::plan::{JoinKind, PhysExpr, TimeBounds};
-use crate::stream::rows::{RowCodec, decode_count, encode_count, push_len_prefixed};
+use crate::stream::rows::{RowCodec, decode_count, encode_count, push_len_prefixed, time_key};
 use crate::stream::state::StateTable;
 use crate::stream::{Changes, StateWrite, StreamResult};
 
 const ROWS_TAG: u8 = 0;
 const DEGREE_TAG: u8 = 1;
 const TIME_TAG: u8 = 2;
-
-/// Sortable 9 bytes of a time (`None` sorts first).
-fn time_key(t: Option<i64>) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    if let Some(t) = t {
-        k[0] = 1;
-        k[1..].copy_from_slice(&((t as u64) ^ (1 << 63)).to_be_bytes());
-    }
-    k
-}
 
 pub struct JoinOp {
     kind: JoinKind,

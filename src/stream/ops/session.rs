@@ -30,11 +30,11 @@ use datafusion::common::ScalarValue;
 use super::Operator;
 use crate::plan::PhysExpr;
 use crate::plan::session::assign;
-use crate::stream::rows::{RowCodec, decode_count, encode_count, push_len_prefixed, split_len_prefixed};
+use crate::stream::rows::{RowCodec, TIME_KEY_LEN, decode_count, encode_count, push_len_prefixed, split_len_prefixed, time_key};
 use crate::stream::state::StateTable;
 use crate::stream::{Changes, StateWrite, StreamError, StreamResult, Watermark};
 
-const TIME_LEN: usize = 9;
+const TIME_LEN: usize = TIME_KEY_LEN;
 
 pub struct SessionOp {
     partition: Vec<PhysExpr>,
@@ -55,15 +55,6 @@ pub struct SessionOp {
     /// restart), kept up to date by `process` after that.
     newest: Option<HashMap<Vec<u8>, i64>>,
     state: StateTable,
-}
-
-fn time_key(t: Option<i64>) -> [u8; TIME_LEN] {
-    let mut k = [0u8; TIME_LEN];
-    if let Some(t) = t {
-        k[0] = 1;
-        k[1..].copy_from_slice(&((t as u64) ^ (1 << 63)).to_be_bytes());
-    }
-    k
 }
 
 fn time_of(entry: &[u8]) -> StreamResult<Option<i64>> {

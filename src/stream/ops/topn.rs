@@ -27,7 +27,7 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef};
 
 use super::Operator;
 use crate::plan::PhysExpr;
-use crate::stream::rows::{RowCodec, decode_count, encode_count, push_len_prefixed};
+use crate::stream::rows::{RowCodec, TIME_KEY_LEN, decode_count, encode_count, push_len_prefixed, time_key};
 use crate::stream::state::StateTable;
 use crate::stream::{Changes, StateWrite, StreamResult};
 
@@ -43,24 +43,14 @@ pub struct TopNOp {
     entry_codec: RowCodec,
     input_columns: usize,
     state: StateTable,
-    /// `(index in partition, input column)` of the watermarked time
-    /// column, and its watermark (raw, in the column's unit).
-    time: Option<(usize, usize)>,
+    /// The input column of the watermarked time among the partition
+    /// keys, and its watermark (raw, in the column's unit).
+    time: Option<usize>,
     watermark: Option<i64>,
 }
 
 /// The first bytes of a closing-index key.
 const INDEX_TAG: [u8; 4] = u32::MAX.to_be_bytes();
-
-/// Sortable 9 bytes of a time (`None` sorts first).
-fn time_key(t: Option<i64>) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    if let Some(t) = t {
-        k[0] = 1;
-        k[1..].copy_from_slice(&((t as u64) ^ (1 << 63)).to_be_bytes());
-    }
-    k
-}
 
 impl TopNOp {
     pub fn new(
@@ -72,7 +62,7 @@ impl TopNOp {
         input_schema: SchemaRef,
         schema: SchemaRef,
         state: StateTable,
-        time: Option<(usize, usize)>,
+        time: Option<usize>,
     ) -> StreamResult<Self> {
         let partition_types =
             partition.iter().map(|e| e.data_type(&input_schema)).collect::<Result<Vec<_>, _>>()?;
@@ -102,7 +92,7 @@ impl TopNOp {
     /// Per row, its partition's time (raw), when partitions close by
     /// watermark.
     fn row_times(&self, changes: &Changes) -> StreamResult<Option<Int64Array>> {
-        let Some((_, col)) = self.time else { return Ok(None) };
+        let Some(col) = self.time else { return Ok(None) };
         let raw = cast(changes.batch.column(col), &DataType::Int64)?;
         Ok(raw.as_any().downcast_ref::<Int64Array>().cloned())
     }
@@ -116,7 +106,7 @@ impl TopNOp {
         to.extend_from_slice(&time_key(Some(w)));
         let closed = self.state.scan_range(&from, Some(&to), usize::MAX)?;
         for (index_key, _) in closed {
-            let prefix = index_key[INDEX_TAG.len() + 9..].to_vec();
+            let prefix = index_key[INDEX_TAG.len() + TIME_KEY_LEN..].to_vec();
             for (k, _) in self.state.scan_prefix(&prefix, usize::MAX)? {
                 self.state.delete(k);
             }
@@ -250,7 +240,7 @@ impl Operator for TopNOp {
 
     fn watermark(&mut self, _input: usize, wm: &crate::stream::Watermark) -> StreamResult<Vec<crate::stream::Watermark>> {
         match self.time {
-            Some((_, col)) if col == wm.col => {
+            Some(col) if col == wm.col => {
                 if let Some(v) = super::session::scalar_time(&wm.value) {
                     self.watermark = Some(self.watermark.map_or(v, |old| old.max(v)));
                 }
@@ -308,7 +298,7 @@ mod tests {
         let part: PhysExpr = Arc::new(Column::new("window_start", 0));
         let order: PhysExpr = Arc::new(Column::new("views", 1));
         let desc = SortOptions { descending: true, nulls_first: false };
-        let mut op = TopNOp::new(vec![part], vec![(order, desc)], 0, Some(1), true, input.clone(), output, state, Some((0, 0))).unwrap();
+        let mut op = TopNOp::new(vec![part], vec![(order, desc)], 0, Some(1), true, input.clone(), output, state, Some(0)).unwrap();
 
         let out = op.process(0, batch(&input, &[(0, 5), (0, 7), (MINUTE, 3)])).unwrap();
         assert_eq!(out.iter().map(|c| c.len()).sum::<usize>(), 2, "one row per window");
