@@ -474,9 +474,9 @@ async fn readme_kafka_example() {
 }
 
 /// A Kafka source with a watermark: one of its two partitions stays idle,
-/// and windows still close; an EMIT ON WINDOW CLOSE sink writes each window
-/// once, FORMAT PLAIN (docs/event-time.md); a late message is dropped and
-/// counted.
+/// and once it is idle (`watermark.idle.timeout.ms`) windows still close;
+/// an EMIT ON WINDOW CLOSE sink writes each window once, FORMAT PLAIN
+/// (docs/event-time.md); a late message is dropped and counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watermarks_close_windows_with_an_idle_partition() {
     let input = unique("wm-in");
@@ -490,7 +490,7 @@ async fn watermarks_close_windows_with_an_idle_partition() {
         &format!(
             "CREATE SOURCE txns (id BIGINT, account VARCHAR, amount DOUBLE PRECISION, ts TIMESTAMP,
                                  WATERMARK FOR ts AS ts - INTERVAL '5' SECOND)
-             WITH ({}, scan.startup.mode = 'earliest') FORMAT PLAIN ENCODE JSON",
+             WITH ({}, scan.startup.mode = 'earliest', watermark.idle.timeout.ms = '1000') FORMAT PLAIN ENCODE JSON",
             with(&input)
         ),
     )
@@ -518,7 +518,18 @@ async fn watermarks_close_windows_with_an_idle_partition() {
         (5, "b", 100.0, "2026-11-27T10:00:30"),
         (6, "b", 1.0, "2026-11-27T10:02:30"),
     ];
-    for (id, account, amount, ts) in events {
+    for (i, (id, account, amount, ts)) in events.into_iter().enumerate() {
+        if i == 4 {
+            // Partition 1 goes idle, so partition 0 alone moves the
+            // watermark.
+            wait_rows(&c, "SELECT name, watermark FROM eddy_catalog.watermarks", &["txns|2026-11-27 10:01:05"]).await;
+            wait_rows(
+                &c,
+                "SELECT partition, watermark, partition = 0 OR idle FROM eddy_catalog.kafka_source_partitions WHERE source = 'txns'",
+                &["0|2026-11-27 10:01:05|t", "1|NULL|t"],
+            )
+            .await;
+        }
         let v = format!(r#"{{"id": {id}, "account": "{account}", "amount": {amount}, "ts": "{ts}"}}"#);
         send(&p, &input, Some(0), None, Some(&v), &[]).await;
     }
@@ -542,4 +553,62 @@ async fn watermarks_close_windows_with_an_idle_partition() {
         ]
     );
     wait_rows(&c, "SELECT name, late_rows FROM eddy_catalog.watermarks", &["txns|1"]).await;
+}
+
+/// The watermark of a Kafka source is the minimum over its partitions: a
+/// partition behind the others keeps its rows (they are not late) and
+/// holds windows open until it catches up. The partitions' clocks survive
+/// a SIGKILL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watermark_is_the_minimum_over_partitions() {
+    let topic = unique("wm-min");
+    create_topic(&topic, 2).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let envs = [("EDDY_CHECKPOINT_INTERVAL_MS", "200")];
+    let mut server = TestServer::start_in_with_env(&data, &envs);
+    let c = server.connect().await;
+    exec(
+        &c,
+        &format!(
+            "CREATE SOURCE ev (id INT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND)
+             WITH ({}, watermark.idle.timeout.ms = '600000') FORMAT PLAIN ENCODE JSON",
+            with(&topic)
+        ),
+    )
+    .await;
+    exec(
+        &c,
+        "CREATE MATERIALIZED VIEW per_minute AS
+         SELECT window_start, count(*) AS n FROM TUMBLE(ev, ts, INTERVAL '1' MINUTE)
+         GROUP BY window_start EMIT ON WINDOW CLOSE",
+    )
+    .await;
+    let p = producer();
+    let event = |id: i32, ts: &str| format!(r#"{{"id": {id}, "ts": "2026-11-27T{ts}"}}"#);
+    // Partition 0 runs five minutes ahead of partition 1.
+    send(&p, &topic, Some(0), None, Some(&event(1, "10:05:00")), &[]).await;
+    send(&p, &topic, Some(1), None, Some(&event(2, "10:00:30")), &[]).await;
+    send(&p, &topic, Some(1), None, Some(&event(3, "10:00:40")), &[]).await;
+    wait_rows(&c, "SELECT watermark, late_rows FROM eddy_catalog.watermarks", &["2026-11-27 10:00:35|0"]).await;
+    assert_eq!(rows_text(&c, "SELECT * FROM per_minute").await, Vec::<String>::new());
+    // Crash and restart: the clocks come back from the store.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.kill();
+    drop(c);
+    let server = TestServer::start_in_with_env(&data, &envs);
+    let c = server.connect().await;
+    // Partition 1 catches up: the watermark is partition 0's again.
+    send(&p, &topic, Some(1), None, Some(&event(4, "10:06:00")), &[]).await;
+    wait_rows(&c, "SELECT watermark FROM eddy_catalog.watermarks", &["2026-11-27 10:04:55"]).await;
+    wait_rows(&c, "SELECT window_start, n FROM per_minute", &["2026-11-27 10:00:00|2"]).await;
+    wait_rows(
+        &c,
+        "SELECT partition, watermark, idle FROM eddy_catalog.kafka_source_partitions WHERE source = 'ev'",
+        &["0|2026-11-27 10:04:55|f", "1|2026-11-27 10:05:55|f"],
+    )
+    .await;
+    // A row behind the watermark is late now.
+    send(&p, &topic, Some(1), None, Some(&event(5, "10:01:00")), &[]).await;
+    wait_rows(&c, "SELECT late_rows FROM eddy_catalog.watermarks", &["1"]).await;
 }

@@ -504,7 +504,7 @@ impl Catalog {
                 txn.delete(keys::meta_table_key(id));
                 let prefix = keys::table_prefix(id);
                 txn.delete_range(prefix.clone(), keys::prefix_end(&prefix));
-                for p in [keys::META_SOURCE_OFFSET_PREFIX, keys::META_SOURCE_START_PREFIX] {
+                for p in [keys::META_SOURCE_OFFSET_PREFIX, keys::META_SOURCE_START_PREFIX, keys::META_SOURCE_CLOCK_PREFIX] {
                     let offsets = keys::meta_key(p, id);
                     txn.delete_range(offsets.clone(), keys::prefix_end(&offsets));
                 }

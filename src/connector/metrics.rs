@@ -17,6 +17,10 @@ pub struct PartitionStats {
     pub end_offset: Option<i64>,
     pub rows_read: u64,
     pub rows_rejected: u64,
+    /// Sources with a watermark: the partition's event-time clock (the
+    /// largest watermark value read, microseconds) and whether it is idle.
+    pub watermark: Option<i64>,
+    pub idle: Option<bool>,
 }
 
 #[derive(Debug, Clone)]

@@ -148,10 +148,14 @@ pub struct KafkaOptions {
     pub delivery: Delivery,
     /// Sinks: whether `sink.delivery` was given.
     pub delivery_given: bool,
+    /// Sources with a watermark: how long a partition may send nothing
+    /// before it stops holding the watermark back (`None`: never;
+    /// `watermark.idle.timeout.ms`, 0 for never).
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 const SOURCE_OPTIONS: &[&str] =
-    &["connector", "topic", "scan.startup.mode", "scan.startup.timestamp.millis", "scan.startup.timestamp_millis", "dead_letter_topic"];
+    &["connector", "topic", "scan.startup.mode", "scan.startup.timestamp.millis", "scan.startup.timestamp_millis", "dead_letter_topic", "watermark.idle.timeout.ms"];
 const SINK_OPTIONS: &[&str] = &["connector", "topic", "primary_key", "force_append_only", "sink.delivery"];
 
 impl KafkaOptions {
@@ -231,9 +235,22 @@ impl KafkaOptions {
                 )));
             }
         };
+        let idle_timeout = match options.get("watermark.idle.timeout.ms") {
+            None => Some(super::kafka::clock::DEFAULT_IDLE_TIMEOUT),
+            Some(v) => match v.trim().parse::<u64>() {
+                Ok(0) => None,
+                Ok(ms) => Some(std::time::Duration::from_millis(ms)),
+                Err(_) => {
+                    return Err(ConnectorError::Option(format!(
+                        "watermark.idle.timeout.ms must be a number of milliseconds (0: partitions never go idle), not '{v}'"
+                    )));
+                }
+            },
+        };
         Ok(Self {
             topic,
             properties,
+            idle_timeout,
             startup,
             dead_letter_topic: options.get("dead_letter_topic").cloned(),
             primary_key,

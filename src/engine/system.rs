@@ -1,7 +1,9 @@
 //! The `eddy_catalog` schema: system tables over the running connectors.
 //! - `kafka_source_partitions`: per source (or Kafka table) and partition,
 //!   the next offset to read, the partition's end offset, the lag, rows
-//!   read and rejected, and the connector's last error. A datagen source
+//!   read and rejected, the partition's event-time clock (`watermark`, the
+//!   largest watermark value read) and whether it is `idle` (sources with
+//!   a `WATERMARK FOR`), and the connector's last error. A datagen source
 //!   or table is one row: topic `datagen`, partition 0, the next row index,
 //!   and its sequence's end (if bounded).
 //! - `kafka_source_errors`: the latest rejected messages (1000 per
@@ -61,6 +63,7 @@ impl SystemSchema {
             "kafka_source_partitions" => {
                 let (mut src, mut topic, mut part, mut off, mut end, mut lag, mut read, mut rej, mut err) =
                     (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+                let (mut wm, mut idle) = (vec![], vec![]);
                 for (n, stats) in &sources {
                     let st = stats.lock().unwrap_or_else(|p| p.into_inner());
                     for (p, ps) in &st.partitions {
@@ -72,6 +75,8 @@ impl SystemSchema {
                         lag.push(ps.end_offset.map(|e| (e - ps.offset).max(0)));
                         read.push(Some(ps.rows_read as i64));
                         rej.push(Some(ps.rows_rejected as i64));
+                        wm.push(ps.watermark);
+                        idle.push(ps.idle);
                         err.push(st.last_error.clone());
                     }
                 }
@@ -84,11 +89,25 @@ impl SystemSchema {
                     Field::new("lag", DataType::Int64, true),
                     Field::new("rows_read", DataType::Int64, true),
                     Field::new("rows_rejected", DataType::Int64, true),
+                    Field::new("watermark", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+                    Field::new("idle", DataType::Boolean, true),
                     Field::new("last_error", DataType::Utf8, true),
                 ]));
                 RecordBatch::try_new(
                     schema,
-                    vec![s(src), s(topic), Arc::new(Int32Array::from(part)), i64s(off), i64s(end), i64s(lag), i64s(read), i64s(rej), so(err)],
+                    vec![
+                        s(src),
+                        s(topic),
+                        Arc::new(Int32Array::from(part)),
+                        i64s(off),
+                        i64s(end),
+                        i64s(lag),
+                        i64s(read),
+                        i64s(rej),
+                        Arc::new(TimestampMicrosecondArray::from(wm)),
+                        Arc::new(datafusion::arrow::array::BooleanArray::from(idle)),
+                        so(err),
+                    ],
                 )?
             }
             "kafka_source_errors" => {

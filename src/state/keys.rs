@@ -74,6 +74,9 @@ pub const META_SOURCE_OFFSET_PREFIX: &[u8] = b"m/srcoff/";
 /// (a new view on a source reads Kafka from there up to the offsets it
 /// starts from).
 pub const META_SOURCE_START_PREFIX: &[u8] = b"m/srcstart/";
+/// `m/srcwm/<table id><partition>` → a Kafka partition's event-time clock
+/// (i64 BE, see `connector::kafka::clock`), written with its offsets.
+pub const META_SOURCE_CLOCK_PREFIX: &[u8] = b"m/srcwm/";
 /// Operator-node id of a sink's outbox (`s<sink id><node><epoch><chunk>`).
 pub const SINK_OUTBOX_NODE: u32 = u32::MAX;
 

@@ -15,6 +15,12 @@
 //! so the stream engine makes them again from the range as Arrow batches:
 //! no row is encoded, written or decoded on the way (see
 //! [`generated_range`]).
+//!
+//! A Kafka source or table with a watermark logs watermark markers after
+//! the rows they follow: weight [`WATERMARK`] and 8 bytes, the new
+//! watermark (i64 LE, the event-time column's unit). The stream runtime
+//! moves the source's watermark at the marker (see
+//! `connector::kafka::clock`).
 
 use super::{StateError, StateResult};
 
@@ -40,6 +46,15 @@ impl LogEntryBuilder {
 
 /// The weight that marks a range of generated rows.
 pub const GENERATED: i8 = i8::MAX;
+
+/// The weight that marks a watermark marker.
+pub const WATERMARK: i8 = i8::MIN;
+
+/// The watermark of a change whose weight is [`WATERMARK`].
+pub fn watermark_value(row: &[u8]) -> StateResult<i64> {
+    let b: [u8; 8] = row.try_into().map_err(|_| StateError::Corrupt("watermark marker"))?;
+    Ok(i64::from_le_bytes(b))
+}
 
 /// The change's payload for rows `[from, from + n)` of a generated source.
 pub fn encode_range(from: u64, n: u32) -> [u8; 12] {

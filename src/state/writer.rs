@@ -139,6 +139,17 @@ impl Txn<'_> {
         }
     }
 
+    /// Appends a watermark marker of Kafka source or table `table_id` to
+    /// the change log, after this closure's rows (see [`super::log`]).
+    /// Returns whether it was logged (not when no view reads the table).
+    pub fn log_watermark(&mut self, table_id: u64, value: i64) -> bool {
+        let logged = self.logged.contains(&table_id);
+        if logged {
+            self.appended.push((table_id, super::log::WATERMARK, value.to_le_bytes().to_vec()));
+        }
+        logged
+    }
+
     /// Starts (or stops) writing changes of table `table_id` to the change
     /// log, from the next closure on.
     pub fn set_logged(&mut self, table_id: u64, logged: bool) {
@@ -249,7 +260,8 @@ fn log_entry(
         return Ok(None);
     }
     let mut entry = LogEntryBuilder::default();
-    for (table_id, weight, row) in appended {
+    let marker = |w: &i8| *w == super::log::WATERMARK;
+    for (table_id, weight, row) in appended.iter().filter(|a| !marker(&a.1)) {
         entry.push(*table_id, *weight, row);
     }
     for (key, new) in staged {
@@ -273,6 +285,10 @@ fn log_entry(
         if let Some(new) = new {
             entry.push(table_id, 1, new);
         }
+    }
+    // Watermark markers follow the rows they were computed from.
+    for (table_id, weight, row) in appended.iter().filter(|a| marker(&a.1)) {
+        entry.push(*table_id, *weight, row);
     }
     Ok(entry.finish())
 }

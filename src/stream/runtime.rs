@@ -42,7 +42,7 @@ use super::{Ack, Changes, Message, StateWrite, StreamError, StreamResult, Waterm
 use crate::catalog::{Catalog, MvDef, Table};
 use crate::plan::StreamPlan;
 use crate::state::keys::{self, prefix_end};
-use crate::state::log::{GENERATED, decode_entry, generated_range, generated_rows};
+use crate::state::log::{GENERATED, WATERMARK, decode_entry, generated_range, generated_rows, watermark_value};
 use crate::state::row::RowDecoder;
 use crate::state::{Checkpoint, StateError, Store, WriterHandle};
 
@@ -62,6 +62,15 @@ impl Default for StreamConfig {
 
 /// Rows per batch fed into a graph.
 const SOURCE_BATCH_ROWS: usize = 16_384;
+
+/// What a chunk of the change log holds for one table, in log order.
+enum Ready {
+    /// Rows with their weights and log positions.
+    Rows(u64, RecordBatch, Vec<i64>, Vec<u64>),
+    /// A Kafka source's watermark marker (the column's unit).
+    Watermark(u64, i64),
+}
+
 /// Log entries read per RocksDB pass, and the bytes they may hold (at
 /// least one entry is read): a backlog stays on disk, not in memory.
 const LOG_ENTRIES_PER_READ: usize = 1024;
@@ -364,7 +373,7 @@ impl Coordinator {
         let subscribed: std::collections::HashSet<u64> =
             self.graphs.values().flat_map(|g| g.table_inputs.iter().map(|t| t.table.id())).collect();
         let mut buffers: HashMap<u64, (RowDecoder, Vec<i64>, Vec<u64>)> = HashMap::new();
-        let mut ready: Vec<(u64, RecordBatch, Vec<i64>, Vec<u64>)> = Vec::new();
+        let mut ready: Vec<Ready> = Vec::new();
         for (seq, entry) in entries {
             for change in decode_entry(entry) {
                 let change = change?;
@@ -379,16 +388,24 @@ impl Coordinator {
                     );
                 }
                 let Some(buf) = buffers.get_mut(&change.table_id) else { continue };
+                if change.weight == i64::from(WATERMARK) {
+                    // Rows of the table buffered so far go first.
+                    if !buf.1.is_empty() {
+                        ready.push(Ready::Rows(change.table_id, buf.0.flush()?, std::mem::take(&mut buf.1), std::mem::take(&mut buf.2)));
+                    }
+                    ready.push(Ready::Watermark(change.table_id, watermark_value(change.row)?));
+                    continue;
+                }
                 if change.weight == i64::from(GENERATED) {
                     // Rows of the table buffered so far go first.
                     if !buf.1.is_empty() {
-                        ready.push((change.table_id, buf.0.flush()?, std::mem::take(&mut buf.1), std::mem::take(&mut buf.2)));
+                        ready.push(Ready::Rows(change.table_id, buf.0.flush()?, std::mem::take(&mut buf.1), std::mem::take(&mut buf.2)));
                     }
                     let (from, n) = generated_range(change.row)?;
                     let batch = self.generate(change.table_id, from, n as usize)?;
                     let rows = batch.num_rows();
                     self.epoch_changes += rows;
-                    ready.push((change.table_id, batch, vec![1; rows], vec![*seq; rows]));
+                    ready.push(Ready::Rows(change.table_id, batch, vec![1; rows], vec![*seq; rows]));
                     continue;
                 }
                 self.epoch_changes += 1;
@@ -397,18 +414,29 @@ impl Coordinator {
                 buf.2.push(*seq);
                 if buf.1.len() >= SOURCE_BATCH_ROWS {
                     let batch = buf.0.flush()?;
-                    ready.push((change.table_id, batch, std::mem::take(&mut buf.1), std::mem::take(&mut buf.2)));
+                    ready.push(Ready::Rows(change.table_id, batch, std::mem::take(&mut buf.1), std::mem::take(&mut buf.2)));
                 }
             }
         }
         for (table_id, (mut decoder, weights, seqs)) in buffers {
             if !weights.is_empty() {
-                ready.push((table_id, decoder.flush()?, weights, seqs));
+                ready.push(Ready::Rows(table_id, decoder.flush()?, weights, seqs));
             }
         }
         // Batches of one table stay in log order; tables are independent.
-        for (table_id, batch, weights, seqs) in ready {
-            self.send_table(table_id, batch, weights, seqs).await?;
+        for item in ready {
+            match item {
+                Ready::Rows(table_id, batch, weights, seqs) => self.send_table(table_id, batch, weights, seqs).await?,
+                Ready::Watermark(table_id, value) => {
+                    let advanced = match self.watermarks.get_mut(&table_id) {
+                        Some(wm) => wm.advance_to(value)?,
+                        None => None,
+                    };
+                    if let Some(value) = advanced {
+                        self.send_watermark(table_id, &value, None).await;
+                    }
+                }
+            }
         }
         Ok(())
     }

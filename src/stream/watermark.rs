@@ -9,9 +9,11 @@
 //! watermark to every view reading the table after the batch, and writes
 //! it in each checkpoint, so that a restart drops the same rows late.
 //!
-//! The watermark is per source, not per Kafka partition: a partition that
-//! goes idle never holds it back, and a partition that lags behind the
-//! others by more than the allowed lateness has its rows dropped as late.
+//! A Kafka source or table is different: its ingest threads follow each
+//! partition's event time and log a marker whenever the watermark (the
+//! minimum over active partitions) rises (`connector::kafka::clock`).
+//! Its rows never move the watermark here; the markers do, in log order,
+//! and rows below the watermark in force are late as above.
 
 use std::sync::Arc;
 
@@ -38,6 +40,8 @@ pub struct SourceWatermark {
     pub late_rows: u64,
     /// Whether `current` changed since the last checkpoint.
     pub dirty: bool,
+    /// Moved by markers in the change log, not by rows (Kafka).
+    by_markers: bool,
 }
 
 /// Checks a `WATERMARK FOR` against the table's columns: the column is a
@@ -79,7 +83,8 @@ impl SourceWatermark {
             Some(v) => Some(ScalarValue::Int64(Some(v)).cast_to(&data_type)?),
             None => None,
         };
-        Ok(Some(Self { col, expr, data_type, current, late_rows: 0, dirty: false }))
+        let by_markers = table.def.connector.is_some() && !crate::connector::datagen::is_generated_table(table);
+        Ok(Some(Self { col, expr, data_type, current, late_rows: 0, dirty: false, by_markers }))
     }
 
     /// The current watermark in microseconds since the Unix epoch.
@@ -140,7 +145,7 @@ impl SourceWatermark {
                 }
             }
             let on_time = times.is_valid(i) && running.is_none_or(|w| times.value(i) >= w);
-            if on_time && values.is_valid(i) {
+            if on_time && values.is_valid(i) && !self.by_markers {
                 let v = values.value(i);
                 pending = Some(pending.map_or(v, |p| p.max(v)));
             }
@@ -162,6 +167,19 @@ impl SourceWatermark {
             _ => None,
         };
         Ok((mask, advanced))
+    }
+
+    /// A marker from the change log: the watermark rises to `value` (the
+    /// column's unit) if that is higher. Returns the new watermark if it
+    /// moved.
+    pub fn advance_to(&mut self, value: i64) -> StreamResult<Option<ScalarValue>> {
+        if self.current_i64().is_some_and(|w| w >= value) {
+            return Ok(None);
+        }
+        let value = ScalarValue::Int64(Some(value)).cast_to(&self.data_type)?;
+        self.current = Some(value.clone());
+        self.dirty = true;
+        Ok(Some(value))
     }
 
     fn current_i64(&self) -> Option<i64> {

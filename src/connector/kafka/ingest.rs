@@ -7,6 +7,10 @@
 //! later are picked up (read from their beginning). A broker that goes
 //! away is retried by librdkafka; the error shows in
 //! `kafka_source_partitions.last_error` until messages flow again.
+//! With a `WATERMARK FOR`, each chunk also advances the partitions'
+//! event-time clocks and, when the watermark rises, logs a marker after
+//! its rows ([`super::clock`]); a partition going idle does so with no
+//! rows.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +25,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use rocksdb::DB;
 
 use crate::connector::reader::lock;
+use super::clock::SourceClock;
 use super::{CHUNK_MESSAGES, consumer, decoder_for, message_ref, start_offset, stored_offsets};
 use crate::catalog::Table;
 use crate::connector::decode::{Decoded, RowOp};
@@ -97,22 +102,38 @@ pub struct Ingest {
 /// need no coordination).
 pub fn spawn(ingest: Ingest, workers: usize) -> IngestHandle {
     let stop = Arc::new(AtomicBool::new(false));
+    let clock = match clock_for(&ingest) {
+        Ok(c) => c,
+        Err(e) => {
+            // The table was checked at CREATE; a definition that no longer
+            // compiles leaves windows open but rows still flow.
+            tracing::error!(source = ingest.table.name(), "event-time clock: {e}");
+            lock(&ingest.stats).last_error = Some(format!("watermark: {e}"));
+            None
+        }
+    };
     let ingest = Arc::new(ingest);
     let workers = workers.max(1);
     for worker in 0..workers {
-        spawn_worker(ingest.clone(), stop.clone(), worker, workers);
+        spawn_worker(ingest.clone(), clock.clone(), stop.clone(), worker, workers);
     }
     IngestHandle { stop }
 }
 
-fn spawn_worker(ingest: Arc<Ingest>, flag: Arc<AtomicBool>, worker: usize, workers: usize) {
+fn clock_for(ingest: &Ingest) -> ConnectorResult<Option<Arc<SourceClock>>> {
+    let (_, opts, _) = decoder_for(&ingest.table)?;
+    let scan = |p: &[u8]| crate::state::scan_prefix(ingest.db.raw_iterator(), p).unwrap_or_default();
+    SourceClock::for_table(&ingest.table, opts.idle_timeout, scan)
+}
+
+fn spawn_worker(ingest: Arc<Ingest>, clock: Option<Arc<SourceClock>>, flag: Arc<AtomicBool>, worker: usize, workers: usize) {
     let name = format!("eddy-ingest-{}-{worker}", ingest.table.name());
     let (source, stats) = (ingest.table.name().to_string(), ingest.stats.clone());
-    crate::connector::reader::spawn(name, source, stats, flag, move |stop| run(&ingest, stop, worker, workers));
+    crate::connector::reader::spawn(name, source, stats, flag, move |stop| run(&ingest, clock.as_ref(), stop, worker, workers));
 }
 
 /// Runs until stopped; `Err` when the consumer must be rebuilt.
-fn run(ingest: &Ingest, stop: &AtomicBool, worker: usize, workers: usize) -> ConnectorResult<()> {
+fn run(ingest: &Ingest, clock: Option<&Arc<SourceClock>>, stop: &AtomicBool, worker: usize, workers: usize) -> ConnectorResult<()> {
     let table = &ingest.table;
     let (decoder, opts, header_names) = decoder_for(table)?;
     let group = opts.properties.get("group.id").cloned().unwrap_or_else(|| format!("eddy-{}", table.name()));
@@ -127,13 +148,16 @@ fn run(ingest: &Ingest, stop: &AtomicBool, worker: usize, workers: usize) -> Con
         stored_offsets(|p| crate::state::scan_prefix(ingest.db.raw_iterator(), p).unwrap_or_default(), keys::META_SOURCE_OFFSET_PREFIX, table.id());
     let mut next_metadata = Instant::now();
     let mut assigned: BTreeMap<i32, i64> = BTreeMap::new();
+    // The idle-advance last written (so a source no view reads is not
+    // written to every poll).
+    let mut idle_tried: Option<i64> = None;
     loop {
         if stop.load(Ordering::SeqCst) {
             return Ok(());
         }
         if Instant::now() >= next_metadata {
             next_metadata = Instant::now() + METADATA_INTERVAL;
-            refresh(ingest, &client, &opts, (worker, workers), &mut offsets, &mut assigned)?;
+            refresh(ingest, clock, &client, &opts, (worker, workers), &mut offsets, &mut assigned)?;
         }
         // Fill a chunk.
         let mut held = Vec::new();
@@ -164,6 +188,9 @@ fn run(ingest: &Ingest, stop: &AtomicBool, worker: usize, workers: usize) -> Con
             }
         }
         if held.is_empty() {
+            if let Some(c) = clock {
+                idle_tick(ingest, c, &mut idle_tried)?;
+            }
             continue;
         }
         let refs: Vec<_> = held.iter().map(|m| message_ref(m, &header_names)).collect();
@@ -221,7 +248,11 @@ fn run(ingest: &Ingest, stop: &AtomicBool, worker: usize, workers: usize) -> Con
             let _ = producer.flush(Duration::from_secs(30));
         }
         let rows_per_partition = count_rows(&refs, &message);
-        if !write_chunk(ingest, batch, ops, &next)? {
+        let maxima = match clock {
+            Some(c) => Some((c.clone(), c.chunk_maxima(&batch, |i| refs[message[i]].partition, next.keys().copied())?)),
+            None => None,
+        };
+        if !write_chunk(ingest, batch, ops, &next, maxima)? {
             return Ok(()); // the table was dropped
         }
         {
@@ -235,6 +266,9 @@ fn run(ingest: &Ingest, stop: &AtomicBool, worker: usize, workers: usize) -> Con
             }
             for r in rejected {
                 stats.reject(r.partition, r.offset, r.error);
+            }
+            if let Some(c) = clock {
+                c.show(&mut stats);
             }
         }
         for (p, o) in &next {
@@ -261,6 +295,7 @@ fn count_rows(refs: &[crate::connector::decode::MessageRef<'_>], message: &[usiz
 /// refreshes end offsets for lag.
 fn refresh(
     ingest: &Ingest,
+    clock: Option<&Arc<SourceClock>>,
     client: &BaseConsumer,
     opts: &crate::connector::spec::KafkaOptions,
     (worker, workers): (usize, usize),
@@ -292,6 +327,9 @@ fn refresh(
             }
             Ok(0)
         }))?;
+        if let Some(c) = clock {
+            new_starts.keys().for_each(|p| c.add_partition(*p));
+        }
         offsets.extend(new_starts);
     }
     let unassigned: Vec<i32> = parts.iter().copied().filter(|p| !assigned.contains_key(p)).collect();
@@ -315,8 +353,29 @@ fn refresh(
     Ok(())
 }
 
-/// One atomic write: the chunk's rows (or log entries) and the offsets.
-fn write_chunk(ingest: &Ingest, batch: RecordBatch, ops: Vec<RowOp>, next: &BTreeMap<i32, i64>) -> ConnectorResult<bool> {
+/// With no message this poll: if a partition went idle and so the
+/// watermark rose, logs the marker (once per value).
+fn idle_tick(ingest: &Ingest, clock: &Arc<SourceClock>, tried: &mut Option<i64>) -> ConnectorResult<()> {
+    clock.show(&mut lock(&ingest.stats));
+    let Some(w) = clock.idle_advance() else { return Ok(()) };
+    if *tried == Some(w) {
+        return Ok(());
+    }
+    *tried = Some(w);
+    let (c, id) = (clock.clone(), ingest.table.id());
+    ingest.runtime.block_on(ingest.writer.write(false, move |txn| {
+        c.in_idle_write(txn, id);
+        Ok(0)
+    }))?;
+    Ok(())
+}
+
+/// The chunk's largest watermark value per partition, and the clock.
+type ChunkTimes = Option<(Arc<SourceClock>, BTreeMap<i32, Option<i64>>)>;
+
+/// One atomic write: the chunk's rows (or log entries), the offsets, and
+/// with a watermark the partitions' clocks and a marker.
+fn write_chunk(ingest: &Ingest, batch: RecordBatch, ops: Vec<RowOp>, next: &BTreeMap<i32, i64>, times: ChunkTimes) -> ConnectorResult<bool> {
     let table = ingest.table.clone();
     let next = next.clone();
     let row_key = ingest.row_key.clone();
@@ -346,6 +405,9 @@ fn write_chunk(ingest: &Ingest, batch: RecordBatch, ops: Vec<RowOp>, next: &BTre
         }
         for (p, o) in &next {
             txn.put(keys::source_offset_key(keys::META_SOURCE_OFFSET_PREFIX, id, *p), o.to_be_bytes().to_vec());
+        }
+        if let Some((clock, maxima)) = &times {
+            clock.in_write(txn, id, maxima);
         }
         Ok(batch.num_rows() as u64)
     }));

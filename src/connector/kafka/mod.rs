@@ -8,6 +8,7 @@
 //! last durable row. The offsets are also committed to the consumer group
 //! `eddy-<name>` (or `properties.group.id`) so standard tools show lag.
 
+pub mod clock;
 pub mod ingest;
 pub mod sink;
 
