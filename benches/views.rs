@@ -71,7 +71,7 @@ fn operator() {
     };
     for batch_rows in [4096usize, 65_536] {
         let state = StateTable::new(store.db().clone(), b"bench".to_vec(), CacheBudget::new(256 << 20));
-        let mut op = AggregateOp::new(vec![k.clone()], vec![spec(AggKind::Count, "count"), spec(AggKind::Sum, "sum")], output.clone(), state, None)
+        let mut op = AggregateOp::new(vec![k.clone()], vec![spec(AggKind::Count, "count"), spec(AggKind::Sum, "sum")], output.clone(), state, None, false)
             .expect("operator");
         let batches: Vec<Changes> = (0..16)
             .map(|b| {

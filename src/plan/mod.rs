@@ -462,10 +462,16 @@ impl Builder<'_> {
         }
         let keys = a.group_expr.iter().map(|g| g.schema_name().to_string()).collect::<Vec<_>>().join(", ");
         let labels = aggs.iter().map(|s| s.label.clone()).collect::<Vec<_>>().join(", ");
-        let state = if aggs.iter().any(|s| matches!(s.kind, AggKind::Min | AggKind::Max | AggKind::CountDistinct)) {
-            "accumulators per group + value multisets for min/max/count(distinct)"
-        } else {
-            "accumulators per group"
+        // Over append-only input MIN/MAX keep only their extreme (see
+        // stream::ops::aggregate).
+        let multisets = match append_only(&child) {
+            true => aggs.iter().any(|s| s.kind == AggKind::CountDistinct),
+            false => aggs.iter().any(|s| matches!(s.kind, AggKind::Min | AggKind::Max | AggKind::CountDistinct)),
+        };
+        let state = match (multisets, append_only(&child)) {
+            (true, true) => "accumulators per group + value multisets for count(distinct)",
+            (true, false) => "accumulators per group + value multisets for min/max/count(distinct)",
+            (false, _) => "accumulators per group",
         };
         let Some(w) = window_at else {
             let label = format!("Aggregate: group=[{keys}], aggs=[{labels}], state={state}, emits=retracting");

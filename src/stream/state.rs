@@ -7,6 +7,12 @@
 //! epoch. Clean entries are evicted when the process-wide cache budget is
 //! exceeded, but only once the checkpoint that wrote them is durable, so a
 //! read that misses the cache always finds the current value in RocksDB.
+//!
+//! The cache also knows which keys RocksDB holds no value for (a read that
+//! found nothing, or a key written with [`StateTable::put_new`]): a key
+//! that appears and goes away between two checkpoints (a join row expired
+//! by the watermark within the epoch it arrived in) is then never written,
+//! not even as a tombstone, and leaves the cache at once.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -37,6 +43,9 @@ impl CacheBudget {
 struct Entry {
     value: Option<Vec<u8>>,
     dirty: bool,
+    /// RocksDB may hold a value for the key (or will, once a checkpoint
+    /// handed over commits): a deletion must be written.
+    durable: bool,
     /// The epoch whose checkpoint wrote this value (0: read from RocksDB).
     epoch: u64,
 }
@@ -97,6 +106,11 @@ impl StateTable {
         self.get(key)
     }
 
+    /// Whether every live key under `prefix` is in the cache.
+    pub fn is_complete(&self, prefix: &[u8]) -> bool {
+        self.complete.contains(prefix)
+    }
+
     /// Records that no key exists under `prefix` (the caller knows it, e.g.
     /// from a count of zero), so that reads under it need no RocksDB read.
     pub fn mark_complete(&mut self, prefix: &[u8]) {
@@ -123,7 +137,7 @@ impl StateTable {
             if !self.cache.contains_key(k) {
                 let value = Some(v.clone());
                 let size = entry_size(k, &value);
-                self.cache.insert(k.clone(), Entry { value, dirty: false, epoch: 0 });
+                self.cache.insert(k.clone(), Entry { value, dirty: false, durable: true, epoch: 0 });
                 self.account(size, 0);
             }
         }
@@ -154,13 +168,29 @@ impl StateTable {
         }
         let value = self.db.get(self.full_key(key)).map_err(StateError::from)?;
         let size = entry_size(key, &value);
-        self.cache.insert(key.to_vec(), Entry { value: value.clone(), dirty: false, epoch: 0 });
+        let durable = value.is_some();
+        self.cache.insert(key.to_vec(), Entry { value: value.clone(), dirty: false, durable, epoch: 0 });
         self.account(size, 0);
         Ok(value)
     }
 
     pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
         self.set(key, Some(value));
+    }
+
+    /// Like [`StateTable::put`] for a key the caller knows RocksDB holds
+    /// no value for and no checkpoint is writing (absent from a complete
+    /// prefix, or a key whose existence another key implies): if it goes
+    /// away before the next barrier, nothing is written for it.
+    pub fn put_new(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        if self.cache.contains_key(&key) {
+            return self.set(key, Some(value));
+        }
+        let value = Some(value);
+        let size = entry_size(&key, &value);
+        self.dirty.push(key.clone());
+        self.cache.insert(key, Entry { value, dirty: true, durable: false, epoch: 0 });
+        self.account(size, 0);
     }
 
     pub fn delete(&mut self, key: Vec<u8>) {
@@ -170,6 +200,13 @@ impl StateTable {
     fn set(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
         let size = entry_size(&key, &value);
         match self.cache.get_mut(&key) {
+            Some(e) if value.is_none() && !e.durable && e.epoch == 0 => {
+                // Never handed to a checkpoint and not in RocksDB: forget it
+                // (a read now finds nothing in RocksDB, which is right).
+                let old = entry_size(&key, &e.value);
+                self.cache.remove(&key);
+                self.account(0, old);
+            }
             Some(e) => {
                 let old = entry_size(&key, &e.value);
                 e.value = value;
@@ -181,7 +218,7 @@ impl StateTable {
             }
             None => {
                 self.dirty.push(key.clone());
-                self.cache.insert(key, Entry { value, dirty: true, epoch: 0 });
+                self.cache.insert(key, Entry { value, dirty: true, durable: true, epoch: 0 });
                 self.account(size, 0);
             }
         }
@@ -290,7 +327,15 @@ impl StateTable {
             if let Some(e) = self.cache.get_mut(&key) {
                 if e.dirty {
                     e.dirty = false;
+                    // Evictable once this epoch commits (also when nothing
+                    // is written: an earlier tombstone may still be on
+                    // its way).
                     e.epoch = epoch;
+                    if e.value.is_none() && !e.durable {
+                        continue;
+                    }
+                    // After a tombstone RocksDB holds nothing for the key.
+                    e.durable = e.value.is_some();
                     writes.push((full, e.value.clone()));
                 }
             }
@@ -367,6 +412,35 @@ mod tests {
         assert_eq!(t.scan_prefix(b"pa", 1).expect("scan"), kv(&[("pa2", "Y")]));
         assert_eq!(t.get(b"pb1").expect("get"), Some(b"z".to_vec()));
         assert_eq!(t.get(b"pa1").expect("get"), None);
+    }
+
+    #[test]
+    fn keys_that_come_and_go_within_an_epoch_are_never_written() {
+        let (_dir, db) = open();
+        db.put(b"Sold", b"x").expect("put");
+        let mut t = StateTable::new(db, b"S".to_vec(), CacheBudget::new(1 << 20));
+        // Known absent (put_new, or a read that found nothing): no tombstone.
+        t.put_new(b"a".to_vec(), b"1".to_vec());
+        t.delete(b"a".to_vec());
+        assert_eq!(t.get(b"b").expect("get"), None);
+        t.put(b"b".to_vec(), b"2".to_vec());
+        t.delete(b"b".to_vec());
+        // Unknown or stored: the deletion is written.
+        t.put(b"c".to_vec(), b"3".to_vec());
+        t.delete(b"c".to_vec());
+        t.delete(b"old".to_vec());
+        assert_eq!(t.take_dirty(1), vec![(b"Sc".to_vec(), None), (b"Sold".to_vec(), None)]);
+        // Written at a checkpoint, then deleted: a tombstone.
+        t.put_new(b"d".to_vec(), b"4".to_vec());
+        assert_eq!(t.take_dirty(2), vec![(b"Sd".to_vec(), Some(b"4".to_vec()))]);
+        t.delete(b"d".to_vec());
+        assert_eq!(t.take_dirty(3), vec![(b"Sd".to_vec(), None)]);
+        // Back and gone again within one epoch after that tombstone: the
+        // tombstone already covers it.
+        t.put(b"d".to_vec(), b"5".to_vec());
+        t.delete(b"d".to_vec());
+        assert_eq!(t.take_dirty(4), vec![]);
+        assert_eq!(t.get(b"d").expect("get"), None);
     }
 
     #[test]

@@ -19,6 +19,10 @@
 //!
 //! so every aggregate retracts exactly: MIN/MAX losing their extreme find
 //! the next one as the first key of the group's multiset in RocksDB order.
+//! On append-only input (a source, an APPEND ONLY table, an append-only
+//! view: nothing can retract) MIN/MAX keep no multiset: the extreme only
+//! ever improves, so the batch's best value per group is compared with the
+//! stored one and nothing else is written.
 //! For each touched group the operator emits the old output row (-1) and
 //! the new one (+1) when they differ. A global aggregate (no GROUP BY)
 //! always has exactly one row, emitted at the first barrier if no input
@@ -30,6 +34,11 @@
 //! barrier those groups are closed: with EMIT ON WINDOW CLOSE their final
 //! row is emitted (once, append-only; nothing is emitted before), and in
 //! both modes their state is deleted, so state holds open windows only.
+//! A watermark that passes the end of an open window closes it at once
+//! (pending deltas applied, rows emitted, the watermark passed on) rather
+//! than at the next barrier: an epoch can span many windows, and operators
+//! downstream (a join pruning by the window's watermark) would otherwise
+//! hold every row of the epoch.
 
 use std::collections::HashMap;
 
@@ -150,6 +159,8 @@ pub struct AggregateOp {
     /// This epoch's input, pre-aggregated per group, not yet applied.
     pending: Pending,
     window: Option<WindowState>,
+    /// The input never retracts: MIN/MAX keep only their extreme.
+    append_only: bool,
 }
 
 /// A windowed GROUP BY's watermark bookkeeping.
@@ -165,6 +176,8 @@ struct WindowState {
     closed_below: Option<Vec<u8>>,
     /// Passed on after the barrier that closed the windows.
     emit: Option<Watermark>,
+    /// Output of windows closed on a watermark, before the barrier.
+    early: Vec<Changes>,
 }
 
 /// Input deltas accumulated since the last flush: group → index.
@@ -187,6 +200,7 @@ impl AggregateOp {
         schema: SchemaRef,
         state: StateTable,
         window: Option<(WindowAgg, SchemaRef)>,
+        append_only: bool,
     ) -> StreamResult<Self> {
         let group_types: Vec<DataType> =
             schema.fields().iter().take(group.len()).map(|f| f.data_type().clone()).collect();
@@ -213,6 +227,7 @@ impl AggregateOp {
                 watermark: None,
                 closed_below: None,
                 emit: None,
+                early: Vec::new(),
             }),
             _ => None,
         };
@@ -229,6 +244,7 @@ impl AggregateOp {
             bytes: 0,
             global_checked: false,
             pending: Pending::default(),
+            append_only,
         })
     }
 
@@ -241,6 +257,15 @@ impl AggregateOp {
         k.push(GROUP_TAG);
         k.extend_from_slice(group);
         k
+    }
+
+    /// Whether aggregate `spec` keeps a multiset of its values in state.
+    fn keeps_multiset(&self, spec: &AggSpec) -> bool {
+        match spec.kind {
+            AggKind::Min | AggKind::Max => !self.append_only,
+            AggKind::CountDistinct => true,
+            _ => false,
+        }
     }
 
     fn multiset_prefix(agg: usize, group: &[u8]) -> Vec<u8> {
@@ -471,6 +496,33 @@ struct Delta {
     accs: Vec<Acc>,
 }
 
+impl Pending {
+    /// Moves the groups whose key is at or above `bound` (windows still
+    /// open: the window is the key's first column) into a new `Pending`,
+    /// keeping the ones below.
+    fn split_off_from(&mut self, bound: &[u8]) -> Pending {
+        let old = std::mem::take(self);
+        let mut open = Pending::default();
+        let n_multisets = old.multisets.len();
+        self.multisets = vec![HashMap::new(); n_multisets];
+        open.multisets = vec![HashMap::new(); n_multisets];
+        let mut multisets = old.multisets;
+        for (g, (key, delta)) in old.order.into_iter().zip(old.deltas).enumerate() {
+            let target = if key.as_slice() < bound { &mut *self } else { &mut open };
+            let idx = target.order.len();
+            target.index.insert(key.clone(), idx);
+            target.order.push(key);
+            target.deltas.push(delta);
+            for (j, m) in multisets.iter_mut().enumerate() {
+                if let Some(values) = m.remove(&g) {
+                    target.multisets[j].insert(idx, values);
+                }
+            }
+        }
+        open
+    }
+}
+
 impl AggregateOp {
     /// Adds a batch to the pending per-group deltas (one hash lookup per
     /// row, one columnar pass per aggregate).
@@ -506,7 +558,12 @@ impl AggregateOp {
         }
         for (j, spec) in self.aggs.iter().enumerate() {
             let arg = spec.arg.evaluate(&changes.batch)?.into_array(n)?;
-            accumulate(spec, j, &arg, weights, &group_of, &mut p.deltas, self.value_codecs[j].as_ref(), &mut p.multisets[j])?;
+            let codec = self.value_codecs[j].as_ref();
+            if self.append_only && matches!(spec.kind, AggKind::Min | AggKind::Max) {
+                accumulate_extreme(j, &arg, weights, &group_of, &mut p.deltas, codec)?;
+            } else {
+                accumulate(spec, j, &arg, weights, &group_of, &mut p.deltas, codec, &mut p.multisets[j])?;
+            }
         }
         Ok(())
     }
@@ -541,12 +598,20 @@ impl AggregateOp {
                     }
                     AggKind::Min | AggKind::Max | AggKind::CountDistinct => {
                         acc.a += da.a;
+                        if self.append_only && spec.kind != AggKind::CountDistinct {
+                            // Encoded so that the extreme sorts first.
+                            if let Some(v) = &da.value
+                                && acc.value.as_ref().is_none_or(|cur| v < cur)
+                            {
+                                acc.value = Some(v.clone());
+                            }
+                        }
                     }
                 }
             }
             // Multisets of this group.
             for (j, spec) in self.aggs.iter().enumerate() {
-                if !matches!(spec.kind, AggKind::Min | AggKind::Max | AggKind::CountDistinct) {
+                if !self.keeps_multiset(spec) {
                     continue;
                 }
                 let prefix = Self::multiset_prefix(j, group);
@@ -657,7 +722,25 @@ impl Operator for AggregateOp {
                 w.watermark = Some(v);
             }
         }
-        Ok(Vec::new())
+        let Some(bound) = self.window_bound()? else { return Ok(Vec::new()) };
+        // Only the closing windows' pending deltas are applied now; open
+        // windows keep theirs until the barrier (no extra output churn).
+        let open = self.pending.split_off_from(&bound);
+        let mut out = Emitted::default();
+        self.flush_pending(&mut out)?;
+        self.pending = open;
+        if self.emits_on_close() {
+            out = Emitted::default();
+        }
+        self.close_windows(&mut out)?;
+        let changes = self.build(out)?;
+        let Some(w) = &mut self.window else { return Ok(Vec::new()) };
+        w.early.extend(changes);
+        Ok(w.emit.take().into_iter().collect())
+    }
+
+    fn take_output(&mut self) -> Vec<Changes> {
+        self.window.as_mut().map(|w| std::mem::take(&mut w.early)).unwrap_or_default()
     }
 
     fn take_watermarks(&mut self) -> Vec<Watermark> {
@@ -666,6 +749,16 @@ impl Operator for AggregateOp {
 }
 
 impl AggregateOp {
+    /// The window column's encoded bound if the watermark moved it (once
+    /// per window edge for TUMBLE and HOP, whose derived watermark is a
+    /// window edge), so that windows may close.
+    fn window_bound(&self) -> StreamResult<Option<Vec<u8>>> {
+        let Some(w) = &self.window else { return Ok(None) };
+        let Some(value) = &w.watermark else { return Ok(None) };
+        let bound = w.codec.encode(&[value.to_array()?], 1)?.row(0).to_vec();
+        Ok(w.closed_below.as_ref().is_none_or(|c| *c < bound).then_some(bound))
+    }
+
     fn emits_on_close(&self) -> bool {
         self.window.as_ref().is_some_and(|w| w.spec.emit_on_close)
     }
@@ -701,7 +794,7 @@ impl AggregateOp {
             }
             self.store(&group, None);
             for (j, spec) in self.aggs.iter().enumerate() {
-                if matches!(spec.kind, AggKind::Min | AggKind::Max | AggKind::CountDistinct) {
+                if self.keeps_multiset(spec) {
                     let prefix = Self::multiset_prefix(j, &group);
                     for (k, _) in self.state.scan_prefix(&prefix, usize::MAX)? {
                         self.state.delete(k);
@@ -736,6 +829,33 @@ impl AggregateOp {
             std::sync::atomic::Ordering::Relaxed,
         );
     }
+}
+
+/// MIN/MAX over append-only input: the non-null count and the best
+/// encoded value of the batch per group (the codec sorts the extreme
+/// first). A retraction here is a planning bug, reported as such.
+fn accumulate_extreme(
+    j: usize,
+    arg: &ArrayRef,
+    weights: &[i64],
+    group_of: &[usize],
+    deltas: &mut [Delta],
+    codec: Option<&RowCodec>,
+) -> StreamResult<()> {
+    let codec = codec.ok_or_else(|| StreamError::Corrupt("value codec".into()))?;
+    let rows = codec.encode(std::slice::from_ref(arg), arg.len())?;
+    for i in (0..arg.len()).filter(|i| arg.is_valid(*i)) {
+        if weights[i] <= 0 {
+            return Err(StreamError::Corrupt("a retraction reached MIN/MAX over append-only input".into()));
+        }
+        let d = &mut deltas[group_of[i]].accs[j];
+        d.a += weights[i];
+        let v = rows.row(i);
+        if d.value.as_deref().is_none_or(|cur| v < cur) {
+            d.value = Some(v.to_vec());
+        }
+    }
+    Ok(())
 }
 
 /// Adds one aggregate's weighted contributions of a batch to the per-group

@@ -16,7 +16,7 @@
 //! **Interval and window joins** (an inner join whose keys or condition
 //! bound `right.t - left.t` within `[lo, hi]`, both times carrying
 //! watermarks; [`TimeBounds`]) also index each side's rows by time
-//! (`[side, 2, time, len, key, row]`). At each barrier a left row is
+//! (`[side, 2, time, len, key, row]`). When a watermark arrives a left row is
 //! deleted once `t < W_left` (it will not change again) and `t + hi <
 //! W_right` (no right row to come can match it), a right row once `t <
 //! W_right` and `t - lo < W_left`; nothing is emitted for it. Every later
@@ -73,7 +73,17 @@ pub struct JoinOp {
     received: [Option<datafusion::common::ScalarValue>; 2],
     passed: [Option<i64>; 2],
     pending_watermarks: Vec<crate::stream::Watermark>,
+    /// Per side: every row below this time is deleted already.
+    expired: [Option<i64>; 2],
+    /// Per side: it had more than [`SMALL_SIDE_KEYS`] keys when last
+    /// looked at (this epoch), so its degrees are read key by key.
+    large: [bool; 2],
 }
+
+/// A side with at most this many join keys has all its degrees cached,
+/// so that looking up a key it lacks (most keys, when a stream meets a
+/// small aggregate) costs no RocksDB read and leaves nothing in the cache.
+const SMALL_SIDE_KEYS: usize = 16_384;
 
 impl JoinOp {
     pub fn new(
@@ -107,6 +117,8 @@ impl JoinOp {
             received: [None, None],
             passed: [None, None],
             pending_watermarks: Vec::new(),
+            expired: [None, None],
+            large: [false, false],
         })
     }
 
@@ -148,7 +160,17 @@ impl JoinOp {
         }
         for side in 0..2 {
             let Some(limit) = self.limit(side) else { continue };
-            let from = [side as u8, TIME_TAG, 1];
+            if self.expired[side].is_some_and(|e| e >= limit) {
+                continue;
+            }
+            // Rows below the last limit are gone, and no row below a
+            // side's watermark arrives later.
+            let mut from = vec![side as u8, TIME_TAG];
+            match self.expired[side] {
+                Some(e) => from.extend_from_slice(&time_key(Some(e))),
+                None => from.push(1),
+            }
+            self.expired[side] = Some(limit);
             let mut to = vec![side as u8, TIME_TAG];
             to.extend_from_slice(&time_key(Some(limit)));
             let expired = self.state.scan_range(&from, Some(&to), usize::MAX)?;
@@ -191,7 +213,15 @@ impl JoinOp {
     }
 
     fn degree(&mut self, side: usize, key: &[u8]) -> StreamResult<i64> {
-        match self.state.get(&Self::degree_key(side, key))? {
+        let prefix = [side as u8, DEGREE_TAG];
+        if !self.large[side] && !self.state.is_complete(&prefix) {
+            if self.state.scan_prefix(&prefix, SMALL_SIDE_KEYS + 1)?.len() <= SMALL_SIDE_KEYS {
+                self.state.ensure_complete(&prefix)?;
+            } else {
+                self.large[side] = true;
+            }
+        }
+        match self.state.get_under(&prefix, &Self::degree_key(side, key))? {
             Some(v) => decode_count(&v),
             None => Ok(0),
         }
@@ -367,7 +397,11 @@ impl Operator for JoinOp {
                     None => 0,
                 };
                 let c = old + weights[i];
-                if c > 0 {
+                if c > 0 && old == 0 {
+                    // The prefix is complete: a key it lacks is not in
+                    // RocksDB either.
+                    self.state.put_new(k, encode_count(c));
+                } else if c > 0 {
                     self.state.put(k, encode_count(c));
                 } else {
                     self.state.delete(k);
@@ -381,7 +415,8 @@ impl Operator for JoinOp {
                     push_len_prefixed(&mut tk, key);
                     tk.extend_from_slice(rows.row(i));
                     if c > 0 {
-                        self.state.put(tk, Vec::new());
+                        // The row was absent, so was its time entry.
+                        self.state.put_new(tk, Vec::new());
                     } else {
                         self.state.delete(tk);
                     }
@@ -418,6 +453,13 @@ impl Operator for JoinOp {
         {
             self.watermarks[input] = Some(self.watermarks[input].map_or(v, |old| old.max(v)));
             self.received[input] = Some(wm.value.clone());
+            // Rows that can no longer match leave now rather than at the
+            // barrier: an epoch can span many watermarks, and state that
+            // waits for the barrier grows with it. Their output went out
+            // when they arrived, so the watermark passes on at once too.
+            self.expire()?;
+            self.pass_watermarks();
+            return Ok(std::mem::take(&mut self.pending_watermarks));
         }
         Ok(Vec::new())
     }
@@ -435,6 +477,8 @@ impl Operator for JoinOp {
         }
         self.expire()?;
         self.pass_watermarks();
+        // A side may have shrunk (watermark expiry): look again.
+        self.large = [false, false];
         let writes = self.state.take_dirty(epoch);
         self.state.evict_if_needed();
         Ok((out, writes))

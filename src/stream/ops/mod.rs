@@ -77,6 +77,12 @@ pub trait Operator: Send + 'static {
         Ok(Vec::new())
     }
 
+    /// Output produced while taking a watermark (a window aggregate that
+    /// closed windows at once), sent before the watermarks it returned.
+    fn take_output(&mut self) -> Vec<Changes> {
+        Vec::new()
+    }
+
     /// Watermarks to pass on after a barrier's output (operators that
     /// act on watermarks at the barrier, like a window aggregate).
     fn take_watermarks(&mut self) -> Vec<Watermark> {
@@ -95,6 +101,7 @@ pub enum SourceInput {
 pub fn spawn(node: PlanNode, ctx: &Arc<OpContext>, sources: &mut Vec<SourceInput>) -> StreamResult<Receiver<Message>> {
     let PlanNode { id, op, schema, inputs, .. } = node;
     let input_schemas: Vec<_> = inputs.iter().map(|i| i.schema.clone()).collect();
+    let input_append_only = inputs.first().is_some_and(crate::plan::append_only);
     let input_schema = |i: usize| {
         input_schemas.get(i).cloned().ok_or_else(|| super::StreamError::Corrupt("operator input".into()))
     };
@@ -121,6 +128,7 @@ pub fn spawn(node: PlanNode, ctx: &Arc<OpContext>, sources: &mut Vec<SourceInput
             schema,
             ctx.state_table(id),
             window.map(|w| (w, input_schemas.first().cloned())).and_then(|(w, s)| s.map(|s| (w, s))),
+            input_append_only,
         )?),
         Op::Join { kind, left_keys, right_keys, temporal, bounds } => Box::new(join::JoinOp::new(
             kind,
@@ -210,6 +218,11 @@ pub async fn run(mut op: Box<dyn Operator>, inputs: Vec<Receiver<Message>>, out:
                 }
                 match guard(|| op.watermark(i, &wm)) {
                     Ok(wms) => {
+                        for o in op.take_output().into_iter().filter(|o| !o.is_empty()) {
+                            if !out.send(Message::Data(o)).await {
+                                return;
+                            }
+                        }
                         for w in wms {
                             if !out.send(Message::Watermark(w)).await {
                                 return;
