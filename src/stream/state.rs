@@ -321,22 +321,37 @@ impl StateTable {
 
     /// Hands this epoch's writes to the checkpoint and marks them clean.
     pub fn take_dirty(&mut self, epoch: u64) -> Vec<StateWrite> {
-        let mut writes = Vec::with_capacity(self.dirty.len());
-        for key in std::mem::take(&mut self.dirty) {
-            let full = self.full_key(&key);
-            if let Some(e) = self.cache.get_mut(&key) {
-                if e.dirty {
-                    e.dirty = false;
-                    // Evictable once this epoch commits (also when nothing
-                    // is written: an earlier tombstone may still be on
-                    // its way).
-                    e.epoch = epoch;
-                    if e.value.is_none() && !e.durable {
-                        continue;
-                    }
-                    // After a tombstone RocksDB holds nothing for the key.
-                    e.durable = e.value.is_some();
-                    writes.push((full, e.value.clone()));
+        let dirty = std::mem::take(&mut self.dirty);
+        let mut writes = Vec::with_capacity(dirty.len());
+        let prefix = &self.prefix;
+        let mut take = |key: &[u8], e: &mut Entry| {
+            if !e.dirty {
+                return;
+            }
+            e.dirty = false;
+            // Evictable once this epoch commits (also when nothing is
+            // written: an earlier tombstone may still be on its way).
+            e.epoch = epoch;
+            if e.value.is_none() && !e.durable {
+                return;
+            }
+            // After a tombstone RocksDB holds nothing for the key.
+            e.durable = e.value.is_some();
+            let mut full = Vec::with_capacity(prefix.len() + key.len());
+            full.extend_from_slice(prefix);
+            full.extend_from_slice(key);
+            writes.push((full, e.value.clone()));
+        };
+        if dirty.len().saturating_mul(4) >= self.cache.len() {
+            // Most of the cache is dirty: one ordered pass costs less than
+            // a B-tree search per key.
+            for (k, e) in self.cache.iter_mut() {
+                take(k, e);
+            }
+        } else {
+            for key in dirty {
+                if let Some(e) = self.cache.get_mut(&key) {
+                    take(&key, e);
                 }
             }
         }
