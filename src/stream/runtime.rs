@@ -388,19 +388,16 @@ impl Coordinator {
                     );
                 }
                 let Some(buf) = buffers.get_mut(&change.table_id) else { continue };
-                if change.weight == i64::from(WATERMARK) {
+                let special = change.weight == i64::from(WATERMARK) || change.weight == i64::from(GENERATED);
+                if special && !buf.1.is_empty() {
                     // Rows of the table buffered so far go first.
-                    if !buf.1.is_empty() {
-                        ready.push(Ready::Rows(change.table_id, buf.0.flush()?, std::mem::take(&mut buf.1), std::mem::take(&mut buf.2)));
-                    }
+                    ready.push(Ready::Rows(change.table_id, buf.0.flush()?, std::mem::take(&mut buf.1), std::mem::take(&mut buf.2)));
+                }
+                if change.weight == i64::from(WATERMARK) {
                     ready.push(Ready::Watermark(change.table_id, watermark_value(change.row)?));
                     continue;
                 }
                 if change.weight == i64::from(GENERATED) {
-                    // Rows of the table buffered so far go first.
-                    if !buf.1.is_empty() {
-                        ready.push(Ready::Rows(change.table_id, buf.0.flush()?, std::mem::take(&mut buf.1), std::mem::take(&mut buf.2)));
-                    }
                     let (from, n) = generated_range(change.row)?;
                     let batch = self.generate(change.table_id, from, n as usize)?;
                     let rows = batch.num_rows();

@@ -127,7 +127,11 @@ impl SourceWatermark {
             c.as_any().downcast_ref::<Int64Array>().cloned().ok_or_else(|| StreamError::Corrupt("watermark values".into()))
         };
         let times = as_i64(batch.column(self.col).as_ref())?;
-        let values = as_i64(self.expr.evaluate(batch)?.into_array(n)?.as_ref())?;
+        // Marker-driven sources only check rows: no expression to evaluate.
+        let values = match self.by_markers {
+            true => None,
+            false => Some(as_i64(self.expr.evaluate(batch)?.into_array(n)?.as_ref())?),
+        };
         let start = self.current_i64();
         let mut running = start;
         // The largest value of the current statement, not yet in force.
@@ -145,7 +149,7 @@ impl SourceWatermark {
                 }
             }
             let on_time = times.is_valid(i) && running.is_none_or(|w| times.value(i) >= w);
-            if on_time && values.is_valid(i) && !self.by_markers {
+            if let Some(values) = values.as_ref().filter(|v| on_time && v.is_valid(i)) {
                 let v = values.value(i);
                 pending = Some(pending.map_or(v, |p| p.max(v)));
             }
@@ -158,12 +162,7 @@ impl SourceWatermark {
         self.late_rows += late;
         let mask = (late > 0).then(|| BooleanArray::from(keep));
         let advanced = match running {
-            Some(v) if running != start => {
-                let value = ScalarValue::Int64(Some(v)).cast_to(&self.data_type)?;
-                self.current = Some(value.clone());
-                self.dirty = true;
-                Some(value)
-            }
+            Some(v) if running != start => self.advance_to(v)?,
             _ => None,
         };
         Ok((mask, advanced))

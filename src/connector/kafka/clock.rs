@@ -200,11 +200,6 @@ impl SourceClock {
         self.lock().advanced(Instant::now())
     }
 
-    /// Inside a write with no rows: logs the marker if still due.
-    pub fn in_idle_write(&self, txn: &mut Txn<'_>, table_id: u64) {
-        self.in_write(txn, table_id, &BTreeMap::new());
-    }
-
     pub fn add_partition(&self, partition: i32) {
         self.lock().add_partition(partition, Instant::now());
     }

@@ -259,15 +259,6 @@ impl AggregateOp {
         k
     }
 
-    /// Whether aggregate `spec` keeps a multiset of its values in state.
-    fn keeps_multiset(&self, spec: &AggSpec) -> bool {
-        match spec.kind {
-            AggKind::Min | AggKind::Max => !self.append_only,
-            AggKind::CountDistinct => true,
-            _ => false,
-        }
-    }
-
     fn multiset_prefix(agg: usize, group: &[u8]) -> Vec<u8> {
         let mut k = Vec::with_capacity(group.len() + 6);
         k.push(MULTISET_TAG);
@@ -558,12 +549,8 @@ impl AggregateOp {
         }
         for (j, spec) in self.aggs.iter().enumerate() {
             let arg = spec.arg.evaluate(&changes.batch)?.into_array(n)?;
-            let codec = self.value_codecs[j].as_ref();
-            if self.append_only && matches!(spec.kind, AggKind::Min | AggKind::Max) {
-                accumulate_extreme(j, &arg, weights, &group_of, &mut p.deltas, codec)?;
-            } else {
-                accumulate(spec, j, &arg, weights, &group_of, &mut p.deltas, codec, &mut p.multisets[j])?;
-            }
+            let multiset = keeps_multiset(spec, self.append_only).then_some(&mut p.multisets[j]);
+            accumulate(spec, j, &arg, weights, &group_of, &mut p.deltas, self.value_codecs[j].as_ref(), multiset)?;
         }
         Ok(())
     }
@@ -611,7 +598,7 @@ impl AggregateOp {
             }
             // Multisets of this group.
             for (j, spec) in self.aggs.iter().enumerate() {
-                if !self.keeps_multiset(spec) {
+                if !keeps_multiset(spec, self.append_only) {
                     continue;
                 }
                 let prefix = Self::multiset_prefix(j, group);
@@ -690,11 +677,7 @@ impl Operator for AggregateOp {
     fn barrier(&mut self, epoch: u64) -> StreamResult<(Vec<Changes>, Vec<StateWrite>)> {
         let mut out = Emitted::default();
         self.ensure_global(&mut out)?;
-        self.flush_pending(&mut out)?;
-        if self.emits_on_close() {
-            out = Emitted::default();
-        }
-        self.close_windows(&mut out)?;
+        self.apply_and_close(&mut out)?;
         let changes = self.build(out)?;
         let mut writes = self.state.take_dirty(epoch);
         for group in std::mem::take(&mut self.dirty) {
@@ -727,12 +710,8 @@ impl Operator for AggregateOp {
         // windows keep theirs until the barrier (no extra output churn).
         let open = self.pending.split_off_from(&bound);
         let mut out = Emitted::default();
-        self.flush_pending(&mut out)?;
+        self.apply_and_close(&mut out)?;
         self.pending = open;
-        if self.emits_on_close() {
-            out = Emitted::default();
-        }
-        self.close_windows(&mut out)?;
         let changes = self.build(out)?;
         let Some(w) = &mut self.window else { return Ok(Vec::new()) };
         w.early.extend(changes);
@@ -757,6 +736,17 @@ impl AggregateOp {
         let Some(value) = &w.watermark else { return Ok(None) };
         let bound = w.codec.encode(&[value.to_array()?], 1)?.row(0).to_vec();
         Ok(w.closed_below.as_ref().is_none_or(|c| *c < bound).then_some(bound))
+    }
+
+    /// Applies the pending deltas and closes the windows below the
+    /// watermark; with EMIT ON WINDOW CLOSE only the closed windows' rows
+    /// stay in `out`.
+    fn apply_and_close(&mut self, out: &mut Emitted) -> StreamResult<()> {
+        self.flush_pending(out)?;
+        if self.emits_on_close() {
+            *out = Emitted::default();
+        }
+        self.close_windows(out)
     }
 
     fn emits_on_close(&self) -> bool {
@@ -794,7 +784,7 @@ impl AggregateOp {
             }
             self.store(&group, None);
             for (j, spec) in self.aggs.iter().enumerate() {
-                if self.keeps_multiset(spec) {
+                if keeps_multiset(spec, self.append_only) {
                     let prefix = Self::multiset_prefix(j, &group);
                     for (k, _) in self.state.scan_prefix(&prefix, usize::MAX)? {
                         self.state.delete(k);
@@ -831,35 +821,20 @@ impl AggregateOp {
     }
 }
 
-/// MIN/MAX over append-only input: the non-null count and the best
-/// encoded value of the batch per group (the codec sorts the extreme
-/// first). A retraction here is a planning bug, reported as such.
-fn accumulate_extreme(
-    j: usize,
-    arg: &ArrayRef,
-    weights: &[i64],
-    group_of: &[usize],
-    deltas: &mut [Delta],
-    codec: Option<&RowCodec>,
-) -> StreamResult<()> {
-    let codec = codec.ok_or_else(|| StreamError::Corrupt("value codec".into()))?;
-    let rows = codec.encode(std::slice::from_ref(arg), arg.len())?;
-    for i in (0..arg.len()).filter(|i| arg.is_valid(*i)) {
-        if weights[i] <= 0 {
-            return Err(StreamError::Corrupt("a retraction reached MIN/MAX over append-only input".into()));
-        }
-        let d = &mut deltas[group_of[i]].accs[j];
-        d.a += weights[i];
-        let v = rows.row(i);
-        if d.value.as_deref().is_none_or(|cur| v < cur) {
-            d.value = Some(v.to_vec());
-        }
+/// Whether aggregate `spec` keeps a multiset of its values in state.
+fn keeps_multiset(spec: &AggSpec, append_only: bool) -> bool {
+    match spec.kind {
+        AggKind::Min | AggKind::Max => !append_only,
+        AggKind::CountDistinct => true,
+        _ => false,
     }
-    Ok(())
 }
 
 /// Adds one aggregate's weighted contributions of a batch to the per-group
-/// deltas (columnar: one pass over the argument array).
+/// deltas (columnar: one pass over the argument array). MIN/MAX without a
+/// `multiset` (append-only input) keep the batch's best encoded value per
+/// group instead (the codec sorts the extreme first); a retraction there
+/// is a planning bug, reported as such.
 #[allow(clippy::too_many_arguments)]
 fn accumulate(
     spec: &AggSpec,
@@ -869,7 +844,7 @@ fn accumulate(
     group_of: &[usize],
     deltas: &mut [Delta],
     codec: Option<&RowCodec>,
-    multiset: &mut HashMap<usize, HashMap<Vec<u8>, i64>>,
+    multiset: Option<&mut HashMap<usize, HashMap<Vec<u8>, i64>>>,
 ) -> StreamResult<()> {
     let n = arg.len();
     let valid = |i: usize| arg.is_valid(i);
@@ -932,12 +907,23 @@ fn accumulate(
         AggKind::Min | AggKind::Max | AggKind::CountDistinct => {
             let codec = codec.ok_or_else(|| StreamError::Corrupt("value codec".into()))?;
             let rows = codec.encode(std::slice::from_ref(arg), n)?;
-            for i in 0..n {
-                if valid(i) {
-                    if spec.kind != AggKind::CountDistinct {
-                        deltas[group_of[i]].accs[j].a += weights[i];
+            let mut multiset = multiset;
+            for i in (0..n).filter(|i| valid(*i)) {
+                let d = &mut deltas[group_of[i]].accs[j];
+                if spec.kind != AggKind::CountDistinct {
+                    d.a += weights[i];
+                }
+                let v = rows.row(i);
+                match multiset.as_deref_mut() {
+                    Some(m) => *m.entry(group_of[i]).or_default().entry(v.to_vec()).or_insert(0) += weights[i],
+                    None if weights[i] <= 0 => {
+                        return Err(StreamError::Corrupt("a retraction reached MIN/MAX over append-only input".into()));
                     }
-                    *multiset.entry(group_of[i]).or_default().entry(rows.row(i).to_vec()).or_insert(0) += weights[i];
+                    None => {
+                        if d.value.as_deref().is_none_or(|cur| v < cur) {
+                            d.value = Some(v.to_vec());
+                        }
+                    }
                 }
             }
         }
