@@ -113,7 +113,11 @@ fn draw(seed: u64, i: u64) -> u64 {
 /// A uniform integer in `[min, max]`.
 fn draw_range(seed: u64, i: u64, min: i128, max: i128) -> i128 {
     let span = (max - min) as u128 + 1;
-    min + (u128::from(draw(seed, i)) % span) as i128
+    match u64::try_from(span) {
+        // The same value, without a 128-bit division.
+        Ok(span) => min + i128::from(draw(seed, i) % span),
+        Err(_) => min + (u128::from(draw(seed, i)) % span) as i128,
+    }
 }
 
 /// A uniform float in `[min, max]`.
@@ -303,7 +307,10 @@ impl Generator {
 
     /// The event time of row `i` before any lag: `start + i × 1 s / rate`.
     fn event_time(&self, start: i64, i: u64) -> i64 {
-        let offset = u128::from(i) * 1_000_000 / u128::from(self.rows_per_second);
+        let offset = match i.checked_mul(1_000_000) {
+            Some(scaled) => u128::from(scaled / self.rows_per_second),
+            None => u128::from(i) * 1_000_000 / u128::from(self.rows_per_second),
+        };
         start.saturating_add(i64::try_from(offset).unwrap_or(i64::MAX))
     }
 

@@ -340,7 +340,9 @@ async fn create_sink(engine: &Engine, if_not_exists: bool, name: String, query: 
             .await
             .map_err(|e| EngineError::user("XX000", e.to_string()))?;
         match supported {
-            Ok(()) => sink::ensure_progress_topic(&opts).await?,
+            // The sink's progress topic is created by its publisher (its
+            // name holds the sink's id, not allocated yet).
+            Ok(()) => {}
             Err(e) if opts.delivery_given => return Err(e.into()),
             Err(e) => {
                 tracing::warn!("sink {name}: {e}; delivering at least once");

@@ -186,6 +186,31 @@ pub fn append_only(node: &PlanNode) -> bool {
     }
 }
 
+/// Whether no row can occur twice in a plan's output, so that a view's
+/// stored multiplicities are all 1: a GROUP BY's rows are unique on their
+/// group columns, and a filter, or a projection that keeps every group
+/// column as it is, keeps them unique.
+pub fn distinct_rows(node: &PlanNode) -> bool {
+    unique_columns(node).is_some()
+}
+
+/// Output columns that are unique together, when the plan knows some.
+fn unique_columns(node: &PlanNode) -> Option<Vec<usize>> {
+    match &node.op {
+        Op::Aggregate { group, .. } => Some((0..group.len()).collect()),
+        Op::Filter { .. } => unique_columns(node.inputs.first()?),
+        Op::Project { exprs, .. } => unique_columns(node.inputs.first()?)?
+            .into_iter()
+            .map(|k| {
+                exprs.iter().position(|e| {
+                    e.downcast_ref::<datafusion::physical_expr::expressions::Column>().is_some_and(|c| c.index() == k)
+                })
+            })
+            .collect(),
+        _ => None,
+    }
+}
+
 /// Every column nullable: what stream batches carry.
 pub fn nullable(schema: &Schema) -> SchemaRef {
     Arc::new(Schema::new(

@@ -693,6 +693,7 @@ impl Coordinator {
             failure: slot,
         });
         let schema = plan.schema.clone();
+        let distinct = crate::plan::distinct_rows(&plan.root);
         let mut sources = Vec::new();
         let root_rx = ops::spawn(plan.root, &ctx, &mut sources)?;
         let subscribers = Arc::new(Mutex::new(Vec::new()));
@@ -706,7 +707,7 @@ impl Coordinator {
             }
             Some(sink) if sink.is_blackhole() => Box::new(ops::blackhole::BlackholeOp::new(sink.counter.clone())),
             Some(sink) => Box::new(ops::sink::SinkOp::new(def.id, sink, schema)?),
-            None => Box::new(MaterializeOp::new(self.db.clone(), keys::mv_prefix(def.id), schema)?),
+            None => Box::new(MaterializeOp::new(self.db.clone(), keys::mv_prefix(def.id), schema, distinct)?),
         };
         tokio::spawn(ops::run(terminal, vec![root_rx], Out::Subscribers(subscribers.clone()), ctx));
 
@@ -868,14 +869,30 @@ impl Coordinator {
 
 /// Hands memory freed by the epoch (its state writes, consolidated rows)
 /// back to the operating system: glibc keeps freed heap otherwise, and a
-/// large epoch would leave the process's resident size at its peak.
+/// large epoch would leave the process's resident size at its peak. At
+/// most every [`TRIM_EVERY`]: while a backlog is worked off, checkpoints
+/// come every few tens of milliseconds, and trimming at each of them made
+/// the next epoch fault every page back in (a fifth of a generated
+/// pass-through's CPU went to the kernel).
 fn release_free_memory() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    static LAST_MS: AtomicU64 = AtomicU64::new(0);
+    let now_ms = START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64;
+    let last = LAST_MS.load(Ordering::Relaxed);
+    if last != 0 && now_ms.saturating_sub(last) < TRIM_EVERY.as_millis() as u64 {
+        return;
+    }
+    LAST_MS.store(now_ms.max(1), Ordering::Relaxed);
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free heap pages to the kernel.
     unsafe {
         libc::malloc_trim(0);
     }
 }
+
+/// The shortest time between two [`release_free_memory`] trims.
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn project(batch: &RecordBatch, projection: Option<&[usize]>) -> StreamResult<RecordBatch> {
     match projection {

@@ -26,14 +26,14 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::{Array, Int64Array, RecordBatch};
+use datafusion::arrow::array::{Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
 
 use super::stored_offsets;
 use crate::catalog::Table;
 use crate::connector::metrics::SourceStats;
 use crate::connector::{ConnectorError, ConnectorResult};
-use crate::plan::PhysExpr;
+use crate::stream::watermark::WatermarkExpr;
 use crate::state::{Txn, keys};
 
 /// Idle timeout when `watermark.idle.timeout.ms` is not given.
@@ -126,7 +126,7 @@ impl PartitionClocks {
 pub struct SourceClock {
     clocks: Mutex<PartitionClocks>,
     /// The watermark expression, evaluated on each decoded chunk.
-    expr: PhysExpr,
+    expr: WatermarkExpr,
     unit: TimeUnit,
 }
 
@@ -139,8 +139,8 @@ impl SourceClock {
         scan: impl Fn(&[u8]) -> Vec<(Vec<u8>, Vec<u8>)>,
     ) -> ConnectorResult<Option<Arc<Self>>> {
         let compiled = crate::stream::watermark::compile(&table.def).map_err(|e| ConnectorError::Option(e.to_string()))?;
-        let Some((_, expr, data_type)) = compiled else { return Ok(None) };
-        let DataType::Timestamp(unit, _) = data_type else { return Ok(None) };
+        let Some(expr) = compiled else { return Ok(None) };
+        let DataType::Timestamp(unit, _) = expr.data_type else { return Ok(None) };
         let partitions = stored_offsets(&scan, keys::META_SOURCE_OFFSET_PREFIX, table.id());
         let stored = stored_offsets(&scan, keys::META_SOURCE_CLOCK_PREFIX, table.id());
         let clocks = PartitionClocks::new(idle_timeout, partitions.into_keys(), &stored, Instant::now());
@@ -165,10 +165,7 @@ impl SourceClock {
         if n == 0 {
             return Ok(out);
         }
-        let fail = |e: datafusion::error::DataFusionError| ConnectorError::Option(format!("watermark expression: {e}"));
-        let values = self.expr.evaluate(batch).and_then(|v| v.into_array(n)).map_err(fail)?;
-        let values = datafusion::arrow::compute::cast(&values, &DataType::Int64).map_err(|e| fail(e.into()))?;
-        let Some(values) = values.as_any().downcast_ref::<Int64Array>() else { return Ok(out) };
+        let values = self.expr.values(batch).map_err(|e| ConnectorError::Option(format!("watermark expression: {e}")))?;
         for i in (0..n).filter(|i| values.is_valid(*i)) {
             let slot = out.entry(partition_of(i)).or_insert(None);
             *slot = Some(slot.map_or(values.value(i), |m| m.max(values.value(i))));

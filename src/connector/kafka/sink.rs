@@ -7,8 +7,8 @@
 //!
 //! **exactly_once** (`docs/exactly-once.md`): one Kafka transaction per
 //! epoch holds the epoch's records and a progress record
-//! `(transactional id → epoch)` in the compacted topic
-//! [`PROGRESS_TOPIC`]. The transactional id is stable per sink (and per
+//! `(transactional id → epoch)` in the sink's own compacted progress topic
+//! ([`progress_topic`]). The transactional id is stable per sink (and per
 //! data directory), so a restarted or duplicate eddy fences the old one.
 //! At start the publisher reads its last committed epoch (read_committed)
 //! and drops outbox epochs at or below it without sending them again.
@@ -40,8 +40,15 @@ use crate::failpoint;
 use crate::state::WriterHandle;
 use crate::stream::ops::sink::{clear_outbox_through, for_each_outbox_record, read_next_outbox_epoch};
 
-/// The compacted topic of exactly-once progress records.
-pub const PROGRESS_TOPIC: &str = "eddy_sink_progress";
+/// The compacted topic of a sink's exactly-once progress records, one per
+/// transactional id. Its own topic, not one shared by every sink: a
+/// read_committed reader stops at the first open transaction, and another
+/// sink's (left open by a crash until that sink's recovery aborts it, or
+/// held by a frozen eddy until its transaction timeout) would hide this
+/// sink's last commit, or stall its recovery.
+pub fn progress_topic(transactional_id: &str) -> String {
+    format!("eddy-progress-{transactional_id}")
+}
 /// Bounds one transaction's blocking calls.
 const TXN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -198,20 +205,21 @@ async fn connect(p: &Publisher) -> ConnectorResult<(Prod, Option<u64>)> {
     if p.opts.delivery != Delivery::ExactlyOnce {
         return Ok((producer, None));
     }
-    ensure_progress_topic(&p.opts).await?;
+    let topic = progress_topic(&p.transactional_id);
+    ensure_progress_topic(&p.opts, &topic).await?;
     let prod = producer.clone();
     blocking(move || Ok(prod.init_transactions(TXN_TIMEOUT)?)).await?;
     failpoint::hit("during_recovery");
     let opts = p.opts.clone();
     let id = p.transactional_id.clone();
-    let last = blocking(move || last_committed_epoch(&opts, &id)).await?;
+    let last = blocking(move || last_committed_epoch(&opts, &topic, &id)).await?;
     Ok((producer, last))
 }
 
 /// Creates the compacted progress topic if it is missing.
-pub async fn ensure_progress_topic(opts: &KafkaOptions) -> ConnectorResult<()> {
+async fn ensure_progress_topic(opts: &KafkaOptions, name: &str) -> ConnectorResult<()> {
     let admin: AdminClient<DefaultClientContext> = opts.client_config().create()?;
-    let topic = NewTopic::new(PROGRESS_TOPIC, 1, TopicReplication::Fixed(-1)).set("cleanup.policy", "compact");
+    let topic = NewTopic::new(name, 1, TopicReplication::Fixed(-1)).set("cleanup.policy", "compact");
     let results = admin.create_topics([&topic], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)))).await?;
     for r in results {
         match r {
@@ -223,25 +231,33 @@ pub async fn ensure_progress_topic(opts: &KafkaOptions) -> ConnectorResult<()> {
     Ok(())
 }
 
-/// The highest epoch in a committed progress record of `id`. Blocking.
-fn last_committed_epoch(opts: &KafkaOptions, id: &str) -> ConnectorResult<Option<u64>> {
+/// The highest epoch in a committed progress record of `id` in `topic`.
+/// Blocking. Reads to the topic's end as it was (the high watermark as a
+/// read_uncommitted client sees it): the transaction this instance's
+/// `init_transactions` aborted may still hold the last stable offset below
+/// it for a moment.
+fn last_committed_epoch(opts: &KafkaOptions, topic: &str, id: &str) -> ConnectorResult<Option<u64>> {
     let mut config = crate::connector::kafka::consumer_config(opts);
     config.set("group.id", "eddy-progress-reader");
-    config.set("isolation.level", "read_committed");
-    let c: BaseConsumer = config.create()?;
-    let (_, high) = c.fetch_watermarks(PROGRESS_TOPIC, 0, TXN_TIMEOUT)?;
+    config.set("isolation.level", "read_uncommitted");
+    let high = {
+        let probe: BaseConsumer = config.create()?;
+        probe.fetch_watermarks(topic, 0, TXN_TIMEOUT)?.1
+    };
     if high == 0 {
         return Ok(None);
     }
+    config.set("isolation.level", "read_committed");
+    let c: BaseConsumer = config.create()?;
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(PROGRESS_TOPIC, 0, Offset::Beginning)?;
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)?;
     c.assign(&tpl)?;
     let mut last = None;
     let deadline = std::time::Instant::now() + TXN_TIMEOUT;
     loop {
         // read_committed stops at the last stable offset; the control
         // record of the last transaction is never delivered.
-        let pos = c.position()?.find_partition(PROGRESS_TOPIC, 0).map(|e| e.offset());
+        let pos = c.position()?.find_partition(topic, 0).map(|e| e.offset());
         if matches!(pos, Some(Offset::Offset(o)) if o >= high) {
             break;
         }
@@ -257,13 +273,14 @@ fn last_committed_epoch(opts: &KafkaOptions, id: &str) -> ConnectorResult<Option
             Some(Err(e)) => return Err(e.into()),
             None => {
                 if std::time::Instant::now() > deadline {
-                    return Err(ConnectorError::Unreachable(format!("reading {PROGRESS_TOPIC} timed out")));
+                    return Err(ConnectorError::Unreachable(format!("reading {topic} timed out")));
                 }
-                // An open transaction of someone else holds the LSO below
-                // the high watermark: what is readable has been read.
-                let pos = c.position()?.find_partition(PROGRESS_TOPIC, 0).map(|e| e.offset());
-                let (_, now_high) = c.fetch_watermarks(PROGRESS_TOPIC, 0, TXN_TIMEOUT)?;
-                if matches!(pos, Some(Offset::Offset(o)) if o >= now_high) {
+                // Done when every transaction that began before `high` has
+                // ended (the last stable offset passed it) and what is
+                // stable has been read.
+                let pos = c.position()?.find_partition(topic, 0).map(|e| e.offset());
+                let (_, stable) = c.fetch_watermarks(topic, 0, TXN_TIMEOUT)?;
+                if stable >= high && matches!(pos, Some(Offset::Offset(o)) if o >= stable) {
                     break;
                 }
             }
@@ -363,7 +380,8 @@ fn send_records(producer: &BaseProducer<Deliveries>, topic: &str, sink_id: u64, 
     }
     if let Some(id) = txn {
         let progress = epoch.to_string();
-        let rec: BaseRecord<'_, str, str> = BaseRecord::to(PROGRESS_TOPIC).key(id).payload(progress.as_str());
+        let progress_topic = progress_topic(id);
+        let rec: BaseRecord<'_, str, str> = BaseRecord::to(&progress_topic).key(id).payload(progress.as_str());
         producer.send(rec).map_err(|(e, _)| e)?;
     }
     producer.flush(TXN_TIMEOUT)?;

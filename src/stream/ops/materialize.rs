@@ -26,6 +26,10 @@ pub struct MaterializeOp {
     prefix: Vec<u8>,
     schema: SchemaRef,
     codec: RowCodec,
+    /// The plan emits every row at most once ([`crate::plan::distinct_rows`]):
+    /// a row's stored multiplicity is 0 or 1 and follows from the sign of
+    /// its delta, so the barrier writes without reading the view.
+    distinct: bool,
     pending: HashMap<Vec<u8>, i64, foldhash::fast::RandomState>,
     /// Per column, the latest watermark received and whether it moved
     /// since the last barrier.
@@ -33,9 +37,17 @@ pub struct MaterializeOp {
 }
 
 impl MaterializeOp {
-    pub fn new(db: Arc<DB>, prefix: Vec<u8>, schema: SchemaRef) -> StreamResult<Self> {
+    pub fn new(db: Arc<DB>, prefix: Vec<u8>, schema: SchemaRef, distinct: bool) -> StreamResult<Self> {
         let types: Vec<_> = schema.fields().iter().map(|f| f.data_type().clone()).collect();
-        Ok(Self { db, prefix, codec: RowCodec::new(&types)?, schema, pending: HashMap::default(), watermarks: Default::default() })
+        Ok(Self {
+            db,
+            prefix,
+            codec: RowCodec::new(&types)?,
+            distinct,
+            schema,
+            pending: HashMap::default(),
+            watermarks: Default::default(),
+        })
     }
 }
 
@@ -79,12 +91,16 @@ impl Operator for MaterializeOp {
             }
             let mut key = self.prefix.clone();
             key.extend_from_slice(&row);
-            let current = match self.db.get(&key).map_err(StateError::from)? {
-                Some(v) => decode_count(&v)?,
-                None => 0,
+            let current = match self.distinct {
+                // Present before exactly when it goes now.
+                true => i64::from(delta < 0),
+                false => match self.db.get(&key).map_err(StateError::from)? {
+                    Some(v) => decode_count(&v)?,
+                    None => 0,
+                },
             };
             let next = current + delta;
-            if next < 0 {
+            if next < 0 || (self.distinct && next > 1) {
                 return Err(StreamError::Corrupt(format!(
                     "a row of the view would occur {next} times; its input retracted a row it never emitted"
                 )));
