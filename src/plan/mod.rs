@@ -186,6 +186,12 @@ pub fn append_only(node: &PlanNode) -> bool {
     }
 }
 
+/// Whether the plan's state grows with the groups an epoch touches, not
+/// with its rows: no join, top-N or session window (they keep rows).
+pub fn per_epoch_state_bounded(node: &PlanNode) -> bool {
+    !matches!(node.op, Op::Join { .. } | Op::TopN { .. } | Op::Session { .. }) && node.inputs.iter().all(per_epoch_state_bounded)
+}
+
 /// Whether no row can occur twice in a plan's output, so that a view's
 /// stored multiplicities are all 1: a GROUP BY's rows are unique on their
 /// group columns, and a filter, or a projection that keeps every group

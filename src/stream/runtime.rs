@@ -87,6 +87,14 @@ const MAX_CHANGES_PER_EPOCH: usize = 131_072;
 /// rows arrive as fast as eddy takes them; bounded, so that operators that
 /// hold an epoch's rows (sinks) stay within memory.
 const GENERATED_ROWS_PER_READ: usize = 1 << 19;
+/// The most generated rows in one epoch when every graph is light
+/// (`Graph::light`: aggregates, filters, projections into views or
+/// blackholes): an epoch then costs a write per group touched, not per
+/// row, and larger epochs touch each group fewer times, as Spark's
+/// micro-batches do. The epoch also ends once the state cache is over its
+/// budget (a GROUP BY with a group per row), and the first results still
+/// show within a fraction of a second.
+const LIGHT_GENERATED_ROWS_PER_EPOCH: usize = 1 << 21;
 /// Key prefix of persisted view failures.
 const FAILURE_PREFIX: &[u8] = b"m/mvfail/";
 
@@ -144,6 +152,7 @@ impl StreamRuntime {
             failures: failures.clone(),
             started: false,
             epoch_changes: 0,
+            epoch_logged: 0,
         };
         tokio::spawn(coordinator.run(cmd_rx));
         Ok(Self { cmd, writer: store.writer().clone(), failures, epochs, watermarks })
@@ -209,6 +218,10 @@ struct TableInput {
 
 struct Graph {
     def: MvDef,
+    /// Keeps little per epoch whatever the epoch's size: no join, top-N or
+    /// session window (state per row) and no sink that holds the epoch's
+    /// rows until its checkpoint (Kafka, Delta).
+    light: bool,
     tables: Vec<u64>,
     table_inputs: Vec<TableInput>,
     upstream: Vec<u64>,
@@ -234,8 +247,10 @@ struct Coordinator {
     interval: Duration,
     failures: Arc<Mutex<HashMap<u64, FailureSlot>>>,
     started: bool,
-    /// Changes dispatched since the last checkpoint.
+    /// Changes dispatched since the last checkpoint (generated rows
+    /// included), and those of them read from the log one by one.
     epoch_changes: usize,
+    epoch_logged: usize,
     /// Watermarks of the tables views read, by table id.
     watermarks: HashMap<u64, SourceWatermark>,
     watermark_status: WatermarkStatuses,
@@ -320,8 +335,12 @@ impl Coordinator {
     /// Feeds committed log entries after `read_seq` to the table sources.
     async fn read_log(&mut self) -> StreamResult<()> {
         let target = *self.committed.borrow();
+        let cap = match self.graphs.values().all(|g| g.light) {
+            true => LIGHT_GENERATED_ROWS_PER_EPOCH,
+            false => GENERATED_ROWS_PER_READ,
+        };
         while self.read_seq < target {
-            let budget = GENERATED_ROWS_PER_READ.saturating_sub(self.epoch_changes).max(1) as u64;
+            let budget = GENERATED_ROWS_PER_READ.min(cap.saturating_sub(self.epoch_changes)).max(1) as u64;
             let entries = self.read_entries(target, budget)?;
             let Some(&(last, _)) = entries.last() else {
                 self.read_seq = target;
@@ -329,7 +348,11 @@ impl Coordinator {
             };
             self.dispatch(&entries).await?;
             self.read_seq = last;
-            if self.epoch_changes >= MAX_CHANGES_PER_EPOCH {
+            let over_budget = self.budget.used_bytes.load(std::sync::atomic::Ordering::Relaxed) > self.budget.budget_bytes;
+            if self.epoch_logged >= MAX_CHANGES_PER_EPOCH
+                || self.epoch_changes >= cap
+                || (self.epoch_changes >= MAX_CHANGES_PER_EPOCH && over_budget)
+            {
                 self.checkpoint(Vec::new()).await?;
             }
         }
@@ -406,6 +429,7 @@ impl Coordinator {
                     continue;
                 }
                 self.epoch_changes += 1;
+                self.epoch_logged += 1;
                 buf.0.push(change.row)?;
                 buf.1.push(change.weight);
                 buf.2.push(*seq);
@@ -643,6 +667,7 @@ impl Coordinator {
         self.epoch = epoch;
         self.checkpoint_seq = seq;
         self.epoch_changes = 0;
+        self.epoch_logged = 0;
         release_free_memory();
         self.budget.committed_epoch.store(epoch, std::sync::atomic::Ordering::SeqCst);
         if had_writes {
@@ -694,6 +719,7 @@ impl Coordinator {
         });
         let schema = plan.schema.clone();
         let distinct = crate::plan::distinct_rows(&plan.root);
+        let light = crate::plan::per_epoch_state_bounded(&plan.root) && def.sink.as_ref().is_none_or(|s| s.is_blackhole());
         let mut sources = Vec::new();
         let root_rx = ops::spawn(plan.root, &ctx, &mut sources)?;
         let subscribers = Arc::new(Mutex::new(Vec::new()));
@@ -781,7 +807,7 @@ impl Coordinator {
                 }
             }
         }
-        self.graphs.insert(id, Graph { def: def.clone(), tables, table_inputs, upstream: upstream.clone(), subscribers });
+        self.graphs.insert(id, Graph { def: def.clone(), light, tables, table_inputs, upstream: upstream.clone(), subscribers });
         // The new view starts from its tables' current watermarks.
         for t in &watermarked {
             if let Some(value) = self.watermarks.get(&t.id()).and_then(|w| w.current.clone()) {
