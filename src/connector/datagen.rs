@@ -345,13 +345,13 @@ impl Generator {
         let overflow = || ConnectorError::Option("datagen: a sequence ran past the range of its column's type".into());
         Ok(match (ty, g) {
             (SqlType::SmallInt, _) => Arc::new(Int16Array::from(
-                ints(rows).into_iter().map(|v| i16::try_from(v).map_err(|_| overflow())).collect::<ConnectorResult<Vec<_>>>()?,
+                ints_of(g, rows, i16::MIN.into(), i16::MAX.into(), |v| v as i16).ok_or_else(overflow)?,
             )),
             (SqlType::Int, _) => Arc::new(Int32Array::from(
-                ints(rows).into_iter().map(|v| i32::try_from(v).map_err(|_| overflow())).collect::<ConnectorResult<Vec<_>>>()?,
+                ints_of(g, rows, i32::MIN.into(), i32::MAX.into(), |v| v as i32).ok_or_else(overflow)?,
             )),
             (SqlType::BigInt, _) => Arc::new(Int64Array::from(
-                ints(rows).into_iter().map(|v| i64::try_from(v).map_err(|_| overflow())).collect::<ConnectorResult<Vec<_>>>()?,
+                ints_of(g, rows, i64::MIN.into(), i64::MAX.into(), |v| v as i64).ok_or_else(overflow)?,
             )),
             (SqlType::Numeric { precision, scale }, _) => Arc::new(
                 Decimal128Array::from(ints(rows)).with_precision_and_scale(*precision, *scale)?,
@@ -386,6 +386,25 @@ impl Generator {
                 return Err(ConnectorError::Unsupported(format!("datagen cannot generate {}", other.pg_name())));
             }
         })
+    }
+}
+
+/// The values of an integer column in `[lo, hi]` (its type's range), or
+/// `None` if one is outside it. Checked once per chunk, not per value: a
+/// sequence is linear, so its first and last rows bound it, and random
+/// values lie within their `min` and `max`.
+fn ints_of<T>(g: &Gen, rows: std::ops::Range<u64>, lo: i128, hi: i128, cast: impl Fn(i128) -> T) -> Option<Vec<T>> {
+    let fits = |v: i128| (lo..=hi).contains(&v);
+    match g {
+        Gen::Sequence { start, step } => {
+            let at = |i: u64| start + i128::from(i) * step;
+            if !rows.is_empty() && !(fits(at(rows.start)) && fits(at(rows.end - 1))) {
+                return None;
+            }
+            Some(rows.map(|i| cast(at(i))).collect())
+        }
+        Gen::Random { min, max, seed } => (fits(*min) && fits(*max)).then(|| rows.map(|i| cast(draw_range(*seed, i, *min, *max))).collect()),
+        _ => Some(Vec::new()),
     }
 }
 
