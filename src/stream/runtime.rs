@@ -88,9 +88,9 @@ const MAX_CHANGES_PER_EPOCH: usize = 131_072;
 /// hold an epoch's rows (sinks) stay within memory.
 const GENERATED_ROWS_PER_READ: usize = 1 << 19;
 /// The most generated rows in one epoch when every graph is light
-/// (`Graph::light`: aggregates, filters, projections into views or
-/// blackholes): an epoch then costs a write per group touched, not per
-/// row, and larger epochs touch each group fewer times, as Spark's
+/// (`Graph::light`: GROUP BY views, anything without joins, top-N or
+/// sessions into a blackhole): an epoch then costs a write per group
+/// touched, not per row, and larger epochs touch each group fewer times, as Spark's
 /// micro-batches do. The epoch also ends once the state cache is over its
 /// budget (a GROUP BY with a group per row), and the first results still
 /// show within a fraction of a second.
@@ -219,8 +219,9 @@ struct TableInput {
 struct Graph {
     def: MvDef,
     /// Keeps little per epoch whatever the epoch's size: no join, top-N or
-    /// session window (state per row) and no sink that holds the epoch's
-    /// rows until its checkpoint (Kafka, Delta).
+    /// session window (state per row), and a view of groups (not of rows)
+    /// or a blackhole sink (Kafka and Delta sinks hold the epoch's rows
+    /// until its checkpoint).
     light: bool,
     tables: Vec<u64>,
     table_inputs: Vec<TableInput>,
@@ -287,6 +288,7 @@ impl Coordinator {
                             tracing::error!("checkpoint failed: {e}");
                         }
                     }
+                    release_skipped_memory();
                 }
             }
             if self.started && !self.waiters.is_empty() {
@@ -719,7 +721,13 @@ impl Coordinator {
         });
         let schema = plan.schema.clone();
         let distinct = crate::plan::distinct_rows(&plan.root);
-        let light = crate::plan::per_epoch_state_bounded(&plan.root) && def.sink.as_ref().is_none_or(|s| s.is_blackhole());
+        // A view's root holds the epoch's distinct changed rows until the
+        // barrier: light only when those are groups, not rows.
+        let light = crate::plan::per_epoch_state_bounded(&plan.root)
+            && match &def.sink {
+                None => distinct,
+                Some(s) => s.is_blackhole(),
+            };
         let mut sources = Vec::new();
         let root_rx = ops::spawn(plan.root, &ctx, &mut sources)?;
         let subscribers = Arc::new(Mutex::new(Vec::new()));
@@ -901,21 +909,38 @@ impl Coordinator {
 /// the next epoch fault every page back in (a fifth of a generated
 /// pass-through's CPU went to the kernel).
 fn release_free_memory() {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    static LAST_MS: AtomicU64 = AtomicU64::new(0);
-    let now_ms = START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64;
-    let last = LAST_MS.load(Ordering::Relaxed);
+    use std::sync::atomic::Ordering;
+    let now_ms = trim_clock_ms();
+    let last = LAST_TRIM_MS.load(Ordering::Relaxed);
     if last != 0 && now_ms.saturating_sub(last) < TRIM_EVERY.as_millis() as u64 {
+        TRIM_SKIPPED.store(true, Ordering::Relaxed);
         return;
     }
-    LAST_MS.store(now_ms.max(1), Ordering::Relaxed);
+    LAST_TRIM_MS.store(now_ms.max(1), Ordering::Relaxed);
+    TRIM_SKIPPED.store(false, Ordering::Relaxed);
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free heap pages to the kernel.
     unsafe {
         libc::malloc_trim(0);
     }
 }
+
+/// The trim the last checkpoints of a burst skipped, once it is due (on
+/// the coordinator's timer): an idle server does not stay at its peak.
+fn release_skipped_memory() {
+    if TRIM_SKIPPED.load(std::sync::atomic::Ordering::Relaxed) {
+        release_free_memory();
+    }
+}
+
+/// Milliseconds since the first trim check (the process's trim clock).
+fn trim_clock_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64
+}
+
+static LAST_TRIM_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static TRIM_SKIPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// The shortest time between two [`release_free_memory`] trims.
 const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
