@@ -304,7 +304,13 @@ async fn publish_pending(p: &Publisher, producer: &Prod, published: &mut Option<
             let prod = producer.clone();
             let topic = p.opts.topic.clone();
             let id = p.transactional_id.clone();
-            sent = blocking(move || send_epoch(&prod, &topic, sink_id, epoch, &chunks, exactly_once.then_some(id.as_str()))).await?;
+            let timeout = transaction_timeout(&p.opts);
+            sent = blocking(move || {
+                let started = std::time::Instant::now();
+                send_epoch(&prod, &topic, sink_id, epoch, &chunks, exactly_once.then_some(id.as_str()))
+                    .map_err(|e| timed_out_not_fenced(e, started.elapsed(), timeout))
+            })
+            .await?;
             if exactly_once {
                 *published = Some(epoch);
             }
@@ -314,6 +320,29 @@ async fn publish_pending(p: &Publisher, producer: &Prod, published: &mut Option<
         s.records += sent;
         s.published_epoch = s.published_epoch.max(epoch);
     }
+}
+
+/// The sink's `transaction.timeout.ms`.
+fn transaction_timeout(opts: &KafkaOptions) -> Duration {
+    let ms = opts.properties.get("transaction.timeout.ms").and_then(|t| t.parse::<u64>().ok()).unwrap_or(DEFAULT_TRANSACTION_TIMEOUT_MS);
+    Duration::from_millis(ms)
+}
+
+/// A "fenced" error from a transaction that stayed open longer than the
+/// transaction timeout (eddy stalled: frozen, swapped out) is the broker's
+/// timeout abort, which also bumps the producer epoch, not another eddy
+/// taking the sink over: it becomes an ordinary error, so the publisher
+/// rebuilds its producer and publishes the epoch again. A fenced error
+/// within the timeout still stops the publisher for good.
+fn timed_out_not_fenced(e: ConnectorError, open_for: Duration, timeout: Duration) -> ConnectorError {
+    if open_for < timeout || !e.to_string().to_lowercase().contains("fenced") {
+        return e;
+    }
+    ConnectorError::Unreachable(format!(
+        "the transaction stayed open {} ms, past transaction.timeout.ms ({} ms), and the broker aborted it",
+        open_for.as_millis(),
+        timeout.as_millis()
+    ))
 }
 
 /// Sends one epoch's records and waits until every one is acknowledged;
