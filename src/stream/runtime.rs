@@ -511,7 +511,7 @@ impl Coordinator {
 
     /// Sends a table's watermark to the views reading it (or to one view).
     async fn send_watermark(&self, table_id: u64, value: &datafusion::common::ScalarValue, only: Option<u64>) {
-        let Some(col) = self.watermarks.get(&table_id).map(|w| w.col) else { return };
+        let Some(col) = self.watermarks.get(&table_id).map(|w| w.col()) else { return };
         for (id, g) in &self.graphs {
             if only.is_some_and(|o| o != *id) {
                 continue;

@@ -32,10 +32,7 @@ pub const WATERMARK_PREFIX: &[u8] = b"m/wm/";
 
 /// A table's watermark as the runtime tracks it.
 pub struct SourceWatermark {
-    /// The event-time column (index in the table's schema).
-    pub col: usize,
     expr: WatermarkExpr,
-    data_type: DataType,
     pub current: Option<ScalarValue>,
     /// Rows dropped as late since start-up.
     pub late_rows: u64,
@@ -64,14 +61,24 @@ impl WatermarkExpr {
     /// The expression's value per row of `batch` (the table's schema), as
     /// integers in the column's unit.
     pub fn values(&self, batch: &RecordBatch) -> StreamResult<Int64Array> {
-        let n = batch.num_rows();
         match self.delay {
-            Some(d) => {
-                let times = as_i64(batch.column(self.col).as_ref())?;
-                Ok(datafusion::arrow::compute::kernels::arity::unary(&times, |t: i64| t.saturating_sub(d)))
-            }
-            None => as_i64(self.expr.evaluate(batch)?.into_array(n)?.as_ref()),
+            Some(_) => self.values_from(batch, &self.times(batch)?),
+            None => self.values_from(batch, &Int64Array::from(Vec::<i64>::new())),
         }
+    }
+
+    /// [`Self::values`] given the batch's [`Self::times`] (used only for
+    /// a fixed delay).
+    fn values_from(&self, batch: &RecordBatch, times: &Int64Array) -> StreamResult<Int64Array> {
+        match self.delay {
+            Some(d) => Ok(datafusion::arrow::compute::kernels::arity::unary(times, |t: i64| t.saturating_sub(d))),
+            None => as_i64(self.expr.evaluate(batch)?.into_array(batch.num_rows())?.as_ref()),
+        }
+    }
+
+    /// The event-time column of `batch` as integers in its unit.
+    fn times(&self, batch: &RecordBatch) -> StreamResult<Int64Array> {
+        as_i64(batch.column(self.col).as_ref())
     }
 }
 
@@ -147,13 +154,17 @@ impl SourceWatermark {
     /// checkpointed value, microseconds or the column's unit).
     pub fn new(table: &Table, stored: Option<i64>) -> StreamResult<Option<Self>> {
         let Some(expr) = compile(&table.def)? else { return Ok(None) };
-        let (col, data_type) = (expr.col, expr.data_type.clone());
         let current = match stored {
-            Some(v) => Some(ScalarValue::Int64(Some(v)).cast_to(&data_type)?),
+            Some(v) => Some(ScalarValue::Int64(Some(v)).cast_to(&expr.data_type)?),
             None => None,
         };
         let by_markers = table.def.connector.is_some() && !crate::connector::datagen::is_generated_table(table);
-        Ok(Some(Self { col, expr, data_type, current, late_rows: 0, dirty: false, by_markers }))
+        Ok(Some(Self { expr, current, late_rows: 0, dirty: false, by_markers }))
+    }
+
+    /// The event-time column (index in the table's schema).
+    pub fn col(&self) -> usize {
+        self.expr.col
     }
 
     /// The current watermark in microseconds since the Unix epoch.
@@ -191,11 +202,11 @@ impl SourceWatermark {
         if n == 0 {
             return Ok((None, None));
         }
-        let times = as_i64(batch.column(self.col).as_ref())?;
+        let times = self.expr.times(batch)?;
         // Marker-driven sources only check rows: no expression to evaluate.
         let values = match self.by_markers {
             true => None,
-            false => Some(self.expr.values(batch)?),
+            false => Some(self.expr.values_from(batch, &times)?),
         };
         let start = self.current_i64();
         // Nothing late, whatever the order, when the earliest time is at or
@@ -258,7 +269,7 @@ impl SourceWatermark {
         if self.current_i64().is_some_and(|w| w >= value) {
             return Ok(None);
         }
-        let value = ScalarValue::Int64(Some(value)).cast_to(&self.data_type)?;
+        let value = ScalarValue::Int64(Some(value)).cast_to(&self.expr.data_type)?;
         self.current = Some(value.clone());
         self.dirty = true;
         Ok(Some(value))
