@@ -1,4 +1,4 @@
-//! Interval and window joins: which inner joins bound the distance between
+//! Interval and window joins: which joins bound the distance between
 //! a left and a right time column, so that the join operator can forget
 //! rows the watermarks have left behind (`stream::ops::join`).
 //!
@@ -8,8 +8,10 @@
 //! - conditions `r >= l + c`, `r <= l + c`, `l BETWEEN r - a AND r + b`
 //!   and the like, with constant intervals: `lo` and `hi` as given.
 //!
-//! Only inner joins qualify (an outer join's padded rows depend on rows
-//! that never matched).
+//! Inner joins qualify with either; outer joins only with keys (the
+//! planner refuses other conditions in an outer join), so that a key's
+//! rows on both sides expire together and its padded rows are final by
+//! then.
 
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use datafusion::common::{DFSchema, ScalarValue};

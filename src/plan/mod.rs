@@ -641,7 +641,10 @@ impl Builder<'_> {
         let left_keys = j.on.iter().map(|(l, _)| self.phys(l, j.left.schema())).collect::<PlanResult<Vec<_>>>()?;
         let right_keys = j.on.iter().map(|(_, r)| self.phys(r, j.right.schema())).collect::<PlanResult<Vec<_>>>()?;
         let keys = j.on.iter().map(|(l, r)| format!("{l} = {r}")).collect::<Vec<_>>().join(" AND ");
-        let bounds = if kind == JoinKind::Inner && !temporal {
+        // Outer joins have no condition besides their keys here (refused
+        // above), so their bounds come from keys alone: a window join,
+        // `[0, 0]`, where a key's rows on both sides expire together.
+        let bounds = if matches!(kind, JoinKind::Inner | JoinKind::Left | JoinKind::Right | JoinKind::Full) && !temporal {
             interval::time_bounds(j, [&left.watermarks, &right.watermarks])
         } else {
             None
@@ -649,7 +652,8 @@ impl Builder<'_> {
         let label = if let Some(b) = bounds {
             let bound = |v: Option<i64>| v.map_or("unbounded".to_string(), |v| v.to_string());
             format!(
-                "Join: type=Inner, on=[{keys}], state=rows of both sides by join key + match counts, rows dropped by watermark ({} - {} in [{}, {}]), emits=retracting",
+                "Join: type={:?}, on=[{keys}], state=rows of both sides by join key + match counts, rows dropped by watermark ({} - {} in [{}, {}]), emits=retracting",
+                j.join_type,
                 j.right.schema().field(b.cols[1]).name(),
                 j.left.schema().field(b.cols[0]).name(),
                 bound(b.lo),
@@ -667,16 +671,17 @@ impl Builder<'_> {
             )
         };
         // An interval or window join passes a watermark on each time column
-        // whose side is bounded by the other (stream::ops::join::limit); a
-        // temporal join emits only when a stream row arrives, so the stream
-        // side's watermarks hold for its output (the left columns come
-        // first, at the same positions).
+        // whose side is bounded by the other (stream::ops::join::limit) and
+        // never NULL-padded (an outer join pads the side it does not
+        // preserve); a temporal join emits only when a stream row arrives,
+        // so the stream side's watermarks hold for its output (the left
+        // columns come first, at the same positions).
         let mut watermarks = if temporal { left.watermarks.clone() } else { Vec::new() };
         if let Some(b) = bounds {
-            if b.hi.is_some() {
+            if b.hi.is_some() && !kind.preserves_right() {
                 watermarks.push(b.cols[0]);
             }
-            if b.lo.is_some() {
+            if b.lo.is_some() && !kind.preserves_left() {
                 watermarks.push(j.left.schema().fields().len() + b.cols[1]);
             }
         }

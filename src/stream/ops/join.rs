@@ -22,7 +22,10 @@
 //! W_right` and `t - lo < W_left`; nothing is emitted for it. Every later
 //! change on a side has a time at or above that side's watermark, so the
 //! output is the same as with every row kept, and the state holds only
-//! rows that can still match.
+//! rows that can still match. Outer window joins (bounds from keys alone,
+//! `[0, 0]`) expire a key's rows on both sides at the same watermark, when
+//! its padded or matched rows are final; they pass a watermark only on a
+//! side that is never NULL-padded (the left of a LEFT JOIN).
 //!
 //! A **temporal join** (`stream JOIN t FOR SYSTEM_TIME AS OF PROCTIME()`,
 //! inner or left) looks each stream row up in the table as it is when the
@@ -141,6 +144,11 @@ impl JoinOp {
         let Some(b) = self.bounds else { return };
         let left_width = self.schemas[0].fields().len();
         for side in 0..2 {
+            // A side padded with NULLs (the other side is preserved) has
+            // rows without a time: no watermark holds for its column.
+            if (side == 0 && self.kind.preserves_right()) || (side == 1 && self.kind.preserves_left()) {
+                continue;
+            }
             let Some(limit) = self.limit(side) else { continue };
             if self.passed[side].is_some_and(|p| p >= limit) {
                 continue;
@@ -528,3 +536,68 @@ fn with_time(like: &datafusion::common::ScalarValue, t: i64) -> Option<datafusio
     })
 }
 
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::TimestampMicrosecondArray;
+    use datafusion::arrow::datatypes::{Field, Schema, TimeUnit};
+    use datafusion::common::ScalarValue;
+    use datafusion::physical_expr::expressions::Column;
+
+    use super::*;
+    use crate::stream::Watermark;
+    use crate::stream::state::CacheBudget;
+
+    const MINUTE: i64 = 60_000_000;
+
+    fn batch(schema: &SchemaRef, rows: &[(i64, i64)], weight: i64) -> Changes {
+        let ids = Int64Array::from(rows.iter().map(|r| r.0).collect::<Vec<_>>());
+        let ws = TimestampMicrosecondArray::from(rows.iter().map(|r| r.1).collect::<Vec<_>>());
+        let b = RecordBatch::try_new(schema.clone(), vec![Arc::new(ids), Arc::new(ws)]).unwrap();
+        Changes::new(b, Int64Array::from(vec![weight; rows.len()]))
+    }
+
+    fn weights(out: &[Changes]) -> Vec<i64> {
+        out.iter().flat_map(|c| c.weights.values().to_vec()).collect()
+    }
+
+    /// A LEFT window join (`ON l.id = r.id AND l.ws = r.ws`): once both
+    /// watermarks pass a window, its rows leave both sides' state with
+    /// nothing emitted; the left window column's watermark passes on, the
+    /// right's (NULL in padded rows) does not.
+    #[test]
+    fn outer_window_join_forgets_closed_windows() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(rocksdb::DB::open_default(dir.path()).unwrap());
+        let side: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("ws", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+        ]));
+        let fields: Vec<Field> = side.fields().iter().chain(side.fields().iter()).map(|f| f.as_ref().clone()).collect();
+        let out_schema = Arc::new(Schema::new(fields));
+        let keys = || -> Vec<PhysExpr> { vec![Arc::new(Column::new("id", 0)), Arc::new(Column::new("ws", 1))] };
+        let bounds = TimeBounds { cols: [1, 1], lo: Some(0), hi: Some(0) };
+        let state = StateTable::new(db, b"j".to_vec(), CacheBudget::new(1 << 20));
+        let mut op = JoinOp::new(JoinKind::Left, keys(), keys(), [side.clone(), side.clone()], out_schema, state, false, Some(bounds)).unwrap();
+
+        let out = op.process(0, batch(&side, &[(1, 0), (2, 0), (3, MINUTE)], 1)).unwrap();
+        assert_eq!(weights(&out), vec![1, 1, 1], "three padded rows");
+        let out = op.process(1, batch(&side, &[(1, 0)], 1)).unwrap();
+        assert_eq!(weights(&out).iter().sum::<i64>(), 0, "the padded row gives way to the match");
+        assert_eq!(out.iter().map(|c| c.len()).sum::<usize>(), 2);
+
+        let wm = |v: i64| Watermark { col: 1, value: ScalarValue::TimestampMicrosecond(Some(v), None) };
+        assert!(op.watermark(0, &wm(MINUTE)).unwrap().is_empty(), "the right side's watermark is still unknown");
+        let passed = op.watermark(1, &wm(MINUTE)).unwrap();
+        assert_eq!(passed.iter().map(|w| w.col).collect::<Vec<_>>(), vec![1], "only the left window column's");
+        op.barrier(1).unwrap();
+        let left = op.state.scan_prefix(&[], usize::MAX).unwrap();
+        assert_eq!(left.len(), 3, "only order 3's row, degree and time entry stay: {left:?}");
+
+        // The open window still pads and matches.
+        let out = op.process(1, batch(&side, &[(3, MINUTE)], 1)).unwrap();
+        assert_eq!(weights(&out), vec![1, -1], "the match in, the padded row out");
+    }
+}
