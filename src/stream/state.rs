@@ -67,6 +67,26 @@ pub struct StateTable {
     /// Prefixes whose every live key is in the cache (after a full scan);
     /// cleared whenever anything is evicted.
     complete: std::collections::HashSet<Vec<u8>, foldhash::fast::RandomState>,
+    evict_memo: EvictMemo,
+}
+
+/// When an eviction pass last left a cache over budget: the next pass
+/// waits until it could free more (a checkpoint made more entries clean,
+/// or the cache grew by a quarter), so that an operator whose entries are
+/// all dirty does not walk its whole cache on every batch.
+#[derive(Default)]
+pub struct EvictMemo(Option<(u64, usize)>);
+
+impl EvictMemo {
+    /// Whether a pass over a cache of `bytes` is worth it now.
+    pub fn worth_trying(&self, committed: u64, bytes: usize) -> bool {
+        self.0.is_none_or(|(epoch, at)| committed != epoch || bytes > at + at / 4)
+    }
+
+    /// Records the outcome of a pass.
+    pub fn record(&mut self, committed: u64, bytes: usize, still_over: bool) {
+        self.0 = still_over.then_some((committed, bytes));
+    }
 }
 
 impl StateTable {
@@ -79,6 +99,7 @@ impl StateTable {
             bytes: 0,
             budget,
             complete: Default::default(),
+            evict_memo: EvictMemo::default(),
         }
     }
 
@@ -364,6 +385,9 @@ impl StateTable {
             return;
         }
         let committed = self.budget.committed_epoch.load(Ordering::Relaxed);
+        if !self.evict_memo.worth_trying(committed, self.bytes) {
+            return;
+        }
         let target = self.bytes / 2;
         let mut freed = 0usize;
         let mut victims = Vec::new();
@@ -383,6 +407,8 @@ impl StateTable {
             self.cache.remove(&k);
         }
         self.account(0, freed);
+        let over = self.budget.used_bytes.load(Ordering::Relaxed) > self.budget.budget_bytes;
+        self.evict_memo.record(committed, self.bytes, over);
     }
 
     /// The full key range of this table, for deleting it.

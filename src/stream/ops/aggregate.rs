@@ -138,8 +138,9 @@ struct Slot {
 /// Approximate heap bytes of a cached group (hash table entry, key and
 /// accumulator allocations, malloc rounding), measured, not guessed low:
 /// the budget is only as good as this estimate.
-fn slot_size(key: &[u8], n_aggs: usize) -> usize {
-    key.len() + 144 + n_aggs * 88
+fn slot_size(key: &[u8], n_aggs: usize, windowed: bool) -> usize {
+    // A windowed aggregate also keeps the key in its ordered index.
+    key.len() + 144 + n_aggs * 88 + if windowed { key.len() + 48 } else { 0 }
 }
 
 pub struct AggregateOp {
@@ -161,6 +162,7 @@ pub struct AggregateOp {
     window: Option<WindowState>,
     /// The input never retracts: MIN/MAX keep only their extreme.
     append_only: bool,
+    evict_memo: crate::stream::state::EvictMemo,
 }
 
 /// A windowed GROUP BY's watermark bookkeeping.
@@ -178,6 +180,9 @@ struct WindowState {
     emit: Option<Watermark>,
     /// Output of windows closed on a watermark, before the barrier.
     early: Vec<Changes>,
+    /// The keys of `groups` in order (window first), so that closing a
+    /// window finds its cached groups without looking at every group.
+    cached: std::collections::BTreeSet<Vec<u8>>,
 }
 
 /// Input deltas accumulated since the last flush: group → index.
@@ -228,6 +233,7 @@ impl AggregateOp {
                 closed_below: None,
                 emit: None,
                 early: Vec::new(),
+                cached: Default::default(),
             }),
             _ => None,
         };
@@ -245,6 +251,7 @@ impl AggregateOp {
             global_checked: false,
             pending: Pending::default(),
             append_only,
+            evict_memo: Default::default(),
         })
     }
 
@@ -276,10 +283,13 @@ impl AggregateOp {
             Some(v) => Some(GroupState::decode(&v, self.aggs.len())?),
             None => None,
         };
-        let size = slot_size(group, self.aggs.len());
+        let size = slot_size(group, self.aggs.len(), self.window.is_some());
         self.bytes += size;
         self.state.budget().used_bytes.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
         self.groups.insert(group.to_vec(), Slot { state: state.clone(), dirty: false, epoch: 0 });
+        if let Some(w) = &mut self.window {
+            w.cached.insert(group.to_vec());
+        }
         Ok(state)
     }
 
@@ -293,11 +303,14 @@ impl AggregateOp {
                 }
             }
             None => {
-                let size = slot_size(group, self.aggs.len());
+                let size = slot_size(group, self.aggs.len(), self.window.is_some());
                 self.bytes += size;
                 self.state.budget().used_bytes.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
                 self.groups.insert(group.to_vec(), Slot { state, dirty: true, epoch: 0 });
                 self.dirty.push(group.to_vec());
+                if let Some(w) = &mut self.window {
+                    w.cached.insert(group.to_vec());
+                }
             }
         }
     }
@@ -310,18 +323,29 @@ impl AggregateOp {
             return;
         }
         let committed = budget.committed_epoch.load(std::sync::atomic::Ordering::Relaxed);
+        if !self.evict_memo.worth_trying(committed, self.bytes) {
+            return;
+        }
         let target = self.bytes / 2;
         let n_aggs = self.aggs.len();
+        let windowed = self.window.is_some();
         let mut freed = 0usize;
         self.groups.retain(|k, slot| {
             if freed >= target || slot.dirty || slot.epoch > committed {
                 return true;
             }
-            freed += slot_size(k, n_aggs);
+            freed += slot_size(k, n_aggs, windowed);
             false
         });
+        if let Some(w) = &mut self.window
+            && freed > 0
+        {
+            w.cached.retain(|k| self.groups.contains_key(k));
+        }
         self.bytes = self.bytes.saturating_sub(freed);
         budget.used_bytes.fetch_sub(freed.min(budget.used_bytes.load(std::sync::atomic::Ordering::Relaxed)), std::sync::atomic::Ordering::Relaxed);
+        let over = budget.used_bytes.load(std::sync::atomic::Ordering::Relaxed) > budget.budget_bytes;
+        self.evict_memo.record(committed, self.bytes, over);
     }
 
     /// One output value from a group's state (the general path).
@@ -774,14 +798,18 @@ impl AggregateOp {
             .into_iter()
             .map(|k| k[1..].to_vec())
             .collect();
-        closing.extend(
-            self.groups.keys().filter(|k| k.as_slice() >= from.as_slice() && k.as_slice() < bound.as_slice()).cloned(),
-        );
+        closing.extend(w.cached.range::<[u8], _>((std::ops::Bound::Included(from.as_slice()), std::ops::Bound::Excluded(bound.as_slice()))).cloned());
         for group in closing {
-            let Some(state) = self.load(&group)? else { continue };
-            if emit && state.rows > 0 {
-                out.push(group.clone(), state, 1);
+            if emit {
+                let Some(state) = self.load(&group)? else { continue };
+                if state.rows > 0 {
+                    out.push(group.clone(), state, 1);
+                }
+            } else if self.groups.get(&group).is_some_and(|slot| slot.state.is_none()) {
+                continue; // known gone
             }
+            // Without EMIT ON WINDOW CLOSE the view has the group's final
+            // row already: its state goes without being read.
             self.store(&group, None);
             for (j, spec) in self.aggs.iter().enumerate() {
                 if keeps_multiset(spec, self.append_only) {
@@ -802,16 +830,23 @@ impl AggregateOp {
     /// Drops closed groups from the cache once their deletion is on its way
     /// to the checkpoint (they never come back: later rows are late).
     fn forget_closed(&mut self) {
-        let Some(bound) = self.window.as_ref().and_then(|w| w.closed_below.clone()) else { return };
+        let Some(w) = &mut self.window else { return };
+        let Some(bound) = w.closed_below.clone() else { return };
         let n_aggs = self.aggs.len();
         let mut freed = 0usize;
-        self.groups.retain(|k, slot| {
-            if k.as_slice() < bound.as_slice() && !slot.dirty && slot.state.is_none() {
-                freed += slot_size(k, n_aggs);
-                return false;
+        let open = w.cached.split_off(bound.as_slice());
+        for k in std::mem::replace(&mut w.cached, open) {
+            match self.groups.get(&k) {
+                Some(slot) if !slot.dirty && slot.state.is_none() => {
+                    self.groups.remove(&k);
+                    freed += slot_size(&k, n_aggs, true);
+                }
+                Some(_) => {
+                    w.cached.insert(k);
+                }
+                None => {}
             }
-            true
-        });
+        }
         self.bytes = self.bytes.saturating_sub(freed);
         let budget = self.state.budget().clone();
         budget.used_bytes.fetch_sub(
