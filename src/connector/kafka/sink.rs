@@ -176,7 +176,7 @@ async fn run(mut p: Publisher, stop: Arc<AtomicBool>) {
             }
             Err(e) => {
                 let message = e.to_string();
-                if message.to_lowercase().contains("fenced") {
+                if is_fenced(&message) {
                     // Another eddy (a copy of this data directory) owns the
                     // sink now: publishing again would duplicate its output.
                     let message = format!("{message}: another eddy with this sink's transactional id took over; this one stops publishing");
@@ -328,6 +328,12 @@ fn transaction_timeout(opts: &KafkaOptions) -> Duration {
     Duration::from_millis(ms)
 }
 
+/// Whether an error's text is librdkafka's "producer fenced" (it reports
+/// the broker's INVALID_PRODUCER_EPOCH and PRODUCER_FENCED as such).
+fn is_fenced(message: &str) -> bool {
+    message.to_lowercase().contains("fenced")
+}
+
 /// A "fenced" error from a transaction that stayed open longer than the
 /// transaction timeout (eddy stalled: frozen, swapped out) is the broker's
 /// timeout abort, which also bumps the producer epoch, not another eddy
@@ -335,7 +341,7 @@ fn transaction_timeout(opts: &KafkaOptions) -> Duration {
 /// rebuilds its producer and publishes the epoch again. A fenced error
 /// within the timeout still stops the publisher for good.
 fn timed_out_not_fenced(e: ConnectorError, open_for: Duration, timeout: Duration) -> ConnectorError {
-    if open_for < timeout || !e.to_string().to_lowercase().contains("fenced") {
+    if open_for < timeout || !is_fenced(&e.to_string()) {
         return e;
     }
     ConnectorError::Unreachable(format!(
