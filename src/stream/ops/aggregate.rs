@@ -189,6 +189,9 @@ struct WindowState {
 #[derive(Default)]
 struct Pending {
     index: FastMap<Vec<u8>, usize>,
+    /// The same index by value when the only group column is an integer
+    /// (not windowed): no key encoding or byte comparison per row.
+    int_index: FastMap<Option<i64>, usize>,
     order: Vec<Vec<u8>>,
     deltas: Vec<Delta>,
     /// Per aggregate: group index → value → weight (min/max/distinct).
@@ -549,28 +552,57 @@ impl AggregateOp {
             .iter()
             .map(|e| e.evaluate(&changes.batch).and_then(|v| v.into_array(n)))
             .collect::<Result<Vec<_>, _>>()?;
-        let keys = self.group_codec.encode(&group_cols, n)?;
         let n_aggs = self.aggs.len();
-        let p = &mut self.pending;
-        if p.multisets.len() != n_aggs {
-            p.multisets = vec![HashMap::new(); n_aggs];
+        if self.pending.multisets.len() != n_aggs {
+            self.pending.multisets = vec![HashMap::new(); n_aggs];
         }
         let mut group_of = Vec::with_capacity(n);
-        for i in 0..n {
-            let k = keys.row(i);
-            let g = match p.index.get(k) {
-                Some(&g) => g,
-                None => {
-                    let g = p.order.len();
-                    p.index.insert(k.to_vec(), g);
-                    p.order.push(k.to_vec());
-                    p.deltas.push(Delta { rows: 0, accs: vec![Acc::default(); n_aggs] });
-                    g
-                }
-            };
-            p.deltas[g].rows += weights[i];
-            group_of.push(g);
+        let int_key = match group_cols.as_slice() {
+            [c] if self.window.is_none() && c.data_type().is_integer() && c.data_type() != &DataType::UInt64 => {
+                Some(cast(c, &DataType::Int64)?)
+            }
+            _ => None,
+        };
+        if let Some(ints) = &int_key {
+            let ints = ints.as_primitive::<Int64Type>();
+            let p = &mut self.pending;
+            for i in 0..n {
+                let v = ints.is_valid(i).then(|| ints.value(i));
+                let g = match p.int_index.get(&v) {
+                    Some(&g) => g,
+                    None => {
+                        let k = self.group_codec.encode(&[group_cols[0].slice(i, 1)], 1)?.row(0).to_vec();
+                        let g = p.order.len();
+                        p.int_index.insert(v, g);
+                        p.index.insert(k.clone(), g);
+                        p.order.push(k);
+                        p.deltas.push(Delta { rows: 0, accs: vec![Acc::default(); n_aggs] });
+                        g
+                    }
+                };
+                p.deltas[g].rows += weights[i];
+                group_of.push(g);
+            }
+        } else {
+            let keys = self.group_codec.encode(&group_cols, n)?;
+            let p = &mut self.pending;
+            for i in 0..n {
+                let k = keys.row(i);
+                let g = match p.index.get(k) {
+                    Some(&g) => g,
+                    None => {
+                        let g = p.order.len();
+                        p.index.insert(k.to_vec(), g);
+                        p.order.push(k.to_vec());
+                        p.deltas.push(Delta { rows: 0, accs: vec![Acc::default(); n_aggs] });
+                        g
+                    }
+                };
+                p.deltas[g].rows += weights[i];
+                group_of.push(g);
+            }
         }
+        let p = &mut self.pending;
         for (j, spec) in self.aggs.iter().enumerate() {
             let arg = spec.arg.evaluate(&changes.batch)?.into_array(n)?;
             let multiset = keeps_multiset(spec, self.append_only).then_some(&mut p.multisets[j]);
@@ -882,7 +914,9 @@ fn accumulate(
     multiset: Option<&mut HashMap<usize, HashMap<Vec<u8>, i64>>>,
 ) -> StreamResult<()> {
     let n = arg.len();
-    let valid = |i: usize| arg.is_valid(i);
+    // Without NULLs every row counts (no per-row validity call).
+    let no_nulls = arg.null_count() == 0;
+    let valid = |i: usize| no_nulls || arg.is_valid(i);
     match spec.kind {
         AggKind::Count => {
             for i in 0..n {
