@@ -128,7 +128,16 @@ fn term(e: &Expr, schemas: [&DFSchema; 2]) -> Option<(usize, usize, i64)> {
                 _ => None,
             }
         }
-        Expr::Cast(c) => term(&c.expr, schemas),
+        // Only a cast that keeps every time distinct (to a timestamp of the
+        // same or a finer unit): `CAST(ts AS DATE)` maps a whole day to one
+        // value, so rows a day apart can still match.
+        Expr::Cast(c) => {
+            let (side, col, off) = term(&c.expr, schemas)?;
+            match (schemas[side].field(col).data_type(), c.field.data_type()) {
+                (DataType::Timestamp(from, _), DataType::Timestamp(to, _)) if rank(to) >= rank(from) => Some((side, col, off)),
+                _ => None,
+            }
+        }
         Expr::BinaryExpr(BinaryExpr { left, op: op @ (Operator::Plus | Operator::Minus), right }) => {
             let (side, col, off) = term(left, schemas)?;
             let v = interval_micros(right)?;
@@ -136,6 +145,16 @@ fn term(e: &Expr, schemas: [&DFSchema; 2]) -> Option<(usize, usize, i64)> {
             Some((side, col, off.checked_add(v)?))
         }
         _ => None,
+    }
+}
+
+/// Coarsest (0) to finest (3).
+fn rank(unit: &TimeUnit) -> u8 {
+    match unit {
+        TimeUnit::Second => 0,
+        TimeUnit::Millisecond => 1,
+        TimeUnit::Microsecond => 2,
+        TimeUnit::Nanosecond => 3,
     }
 }
 

@@ -407,7 +407,8 @@ impl StateTable {
             self.cache.remove(&k);
         }
         self.account(0, freed);
-        let over = self.budget.used_bytes.load(Ordering::Relaxed) > self.budget.budget_bytes;
+        // Only a pass that ran out of candidates is worth remembering.
+        let over = self.budget.used_bytes.load(Ordering::Relaxed) > self.budget.budget_bytes && freed < target;
         self.evict_memo.record(committed, self.bytes, over);
     }
 

@@ -347,7 +347,8 @@ impl AggregateOp {
         }
         self.bytes = self.bytes.saturating_sub(freed);
         budget.used_bytes.fetch_sub(freed.min(budget.used_bytes.load(std::sync::atomic::Ordering::Relaxed)), std::sync::atomic::Ordering::Relaxed);
-        let over = budget.used_bytes.load(std::sync::atomic::Ordering::Relaxed) > budget.budget_bytes;
+        // Only a pass that ran out of candidates is worth remembering.
+        let over = budget.used_bytes.load(std::sync::atomic::Ordering::Relaxed) > budget.budget_bytes && freed < target;
         self.evict_memo.record(committed, self.bytes, over);
     }
 
