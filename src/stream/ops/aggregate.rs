@@ -286,14 +286,20 @@ impl AggregateOp {
             Some(v) => Some(GroupState::decode(&v, self.aggs.len())?),
             None => None,
         };
+        self.cache_new(group, Slot { state: state.clone(), dirty: false, epoch: 0 });
+        Ok(state)
+    }
+
+    /// Caches a group not cached yet: its memory is counted, and a
+    /// windowed aggregate's ordered index gets its key.
+    fn cache_new(&mut self, group: &[u8], slot: Slot) {
         let size = slot_size(group, self.aggs.len(), self.window.is_some());
         self.bytes += size;
         self.state.budget().used_bytes.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
-        self.groups.insert(group.to_vec(), Slot { state: state.clone(), dirty: false, epoch: 0 });
+        self.groups.insert(group.to_vec(), slot);
         if let Some(w) = &mut self.window {
             w.cached.insert(group.to_vec());
         }
-        Ok(state)
     }
 
     fn store(&mut self, group: &[u8], state: Option<GroupState>) {
@@ -306,14 +312,8 @@ impl AggregateOp {
                 }
             }
             None => {
-                let size = slot_size(group, self.aggs.len(), self.window.is_some());
-                self.bytes += size;
-                self.state.budget().used_bytes.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
-                self.groups.insert(group.to_vec(), Slot { state, dirty: true, epoch: 0 });
+                self.cache_new(group, Slot { state, dirty: true, epoch: 0 });
                 self.dirty.push(group.to_vec());
-                if let Some(w) = &mut self.window {
-                    w.cached.insert(group.to_vec());
-                }
             }
         }
     }
@@ -516,6 +516,15 @@ struct Delta {
 }
 
 impl Pending {
+    /// A new group with an empty delta; its index.
+    fn add(&mut self, key: Vec<u8>, n_aggs: usize) -> usize {
+        let g = self.order.len();
+        self.index.insert(key.clone(), g);
+        self.order.push(key);
+        self.deltas.push(Delta { rows: 0, accs: vec![Acc::default(); n_aggs] });
+        g
+    }
+
     /// Moves the groups whose key is at or above `bound` (windows still
     /// open: the window is the key's first column) into a new `Pending`,
     /// keeping the ones below.
@@ -573,11 +582,8 @@ impl AggregateOp {
                     Some(&g) => g,
                     None => {
                         let k = self.group_codec.encode(&[group_cols[0].slice(i, 1)], 1)?.row(0).to_vec();
-                        let g = p.order.len();
+                        let g = p.add(k, n_aggs);
                         p.int_index.insert(v, g);
-                        p.index.insert(k.clone(), g);
-                        p.order.push(k);
-                        p.deltas.push(Delta { rows: 0, accs: vec![Acc::default(); n_aggs] });
                         g
                     }
                 };
@@ -591,13 +597,7 @@ impl AggregateOp {
                 let k = keys.row(i);
                 let g = match p.index.get(k) {
                     Some(&g) => g,
-                    None => {
-                        let g = p.order.len();
-                        p.index.insert(k.to_vec(), g);
-                        p.order.push(k.to_vec());
-                        p.deltas.push(Delta { rows: 0, accs: vec![Acc::default(); n_aggs] });
-                        g
-                    }
+                    None => p.add(k.to_vec(), n_aggs),
                 };
                 p.deltas[g].rows += weights[i];
                 group_of.push(g);
