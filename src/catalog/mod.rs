@@ -150,6 +150,11 @@ pub struct MvDef {
     /// when the watermark passes its end.
     #[serde(default)]
     pub eowc: bool,
+    /// The columns a materialized view's rows are stored under (a unique
+    /// key of its query), or none: rows stored whole with their
+    /// multiplicity (see [`crate::stream::view_rows`]). Chosen at CREATE.
+    #[serde(default)]
+    pub row_key: Option<Vec<usize>>,
 }
 
 /// A materialized view as the running server knows it.

@@ -373,6 +373,7 @@ pub(super) fn sink_def(engine: &Engine, name: String, query: &str, planned: &sup
         columns: Vec::new(),
         eowc: sink.eowc,
         sink: Some(sink),
+        row_key: None,
     }
 }
 

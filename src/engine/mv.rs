@@ -140,6 +140,7 @@ pub async fn create(engine: &Engine, cv: CreateView) -> EngineResult<Output> {
         columns: column_names(&cv),
         sink: None,
         eowc,
+        row_key: None,
     };
     if !cv.materialized {
         let plan = renamed_plan(&planned)?;

@@ -24,9 +24,8 @@ use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Par
 use rocksdb::DB;
 
 use crate::catalog::MatView;
-use crate::state::keys;
 use crate::stream::StreamRuntime;
-use crate::stream::rows::{RowCodec, decode_count};
+use crate::stream::view_rows::ViewRows;
 
 const BATCH_ROWS: usize = 8192;
 
@@ -108,6 +107,19 @@ impl DisplayAs for MvScanExec {
     }
 }
 
+/// Each row as often as it occurs in the view.
+fn repeat_rows(batch: RecordBatch, counts: &[i64]) -> Result<RecordBatch> {
+    if counts.iter().all(|&c| c == 1) {
+        return Ok(batch);
+    }
+    let indices: datafusion::arrow::array::UInt32Array = counts
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &c)| std::iter::repeat_n(i as u32, c.max(0) as usize))
+        .collect();
+    Ok(datafusion::arrow::compute::take_record_batch(&batch, &indices)?)
+}
+
 fn external(e: impl std::error::Error + Send + Sync + 'static) -> DataFusionError {
     DataFusionError::External(Box::new(e))
 }
@@ -138,65 +150,39 @@ impl ExecutionPlan for MvScanExec {
     }
 
     fn execute(&self, _partition: usize, _context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
-        let full = self.mv.schema.clone();
-        let types: Vec<_> = full.fields().iter().map(|f| f.data_type().clone()).collect();
-        let codec = RowCodec::new(&types).map_err(external)?;
+        let layout =
+            ViewRows::new(self.mv.def.id, self.mv.schema.clone(), self.mv.def.row_key.as_deref()).map_err(external)?;
         let schema = self.props.eq_properties.schema().clone();
         let out_schema = schema.clone();
         let projection = self.projection.clone();
         let db = self.db.clone();
-        let prefix = keys::mv_prefix(self.mv.def.id);
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<RecordBatch>>(2);
         tokio::task::spawn_blocking(move || {
             let snapshot = db.snapshot();
-            let mut it = snapshot.raw_iterator();
-            it.seek(&prefix);
-            let mut rows: Vec<Vec<u8>> = Vec::new();
-            let flush = |rows: &mut Vec<Vec<u8>>| -> Result<RecordBatch> {
-                let columns = codec.decode(rows.iter().map(Vec::as_slice)).map_err(external)?;
-                let n = rows.len();
-                rows.clear();
-                let batch = RecordBatch::try_new_with_options(full.clone(), columns, &RecordBatchOptions::new().with_row_count(Some(n)))?;
-                let batch = match &projection {
-                    Some(p) => batch.project(p)?,
-                    None => batch,
-                };
-                Ok(RecordBatch::try_new_with_options(
-                    out_schema.clone(),
-                    batch.columns().to_vec(),
-                    &RecordBatchOptions::new().with_row_count(Some(n)),
-                )?)
+            let mut emit = |batch: RecordBatch, counts: Vec<i64>| -> crate::stream::StreamResult<()> {
+                let out = repeat_rows(batch, &counts).and_then(|batch| {
+                    let batch = match &projection {
+                        Some(p) => batch.project(p)?,
+                        None => batch,
+                    };
+                    let n = batch.num_rows();
+                    Ok(RecordBatch::try_new_with_options(
+                        out_schema.clone(),
+                        batch.columns().to_vec(),
+                        &RecordBatchOptions::new().with_row_count(Some(n)),
+                    )?)
+                });
+                let failed = out.is_err();
+                if tx.blocking_send(out).is_err() || failed {
+                    return Err(crate::stream::StreamError::Stopped);
+                }
+                Ok(())
             };
-            while it.valid() {
-                let (Some(k), Some(v)) = (it.key(), it.value()) else { break };
-                if !k.starts_with(&prefix) {
-                    break;
+            match layout.read(&snapshot, BATCH_ROWS, &mut emit) {
+                Ok(()) | Err(crate::stream::StreamError::Stopped) => {}
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(external(e)));
                 }
-                let count = match decode_count(v) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(external(e)));
-                        return;
-                    }
-                };
-                for _ in 0..count.max(0) {
-                    rows.push(k[prefix.len()..].to_vec());
-                }
-                if rows.len() >= BATCH_ROWS {
-                    let batch = flush(&mut rows);
-                    let failed = batch.is_err();
-                    if tx.blocking_send(batch).is_err() || failed {
-                        return;
-                    }
-                }
-                it.next();
-            }
-            if let Err(e) = it.status() {
-                let _ = tx.blocking_send(Err(external(e)));
-                return;
-            }
-            if !rows.is_empty() {
-                let _ = tx.blocking_send(flush(&mut rows));
             }
         });
         let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });

@@ -201,7 +201,7 @@ pub fn distinct_rows(node: &PlanNode) -> bool {
 }
 
 /// Output columns that are unique together, when the plan knows some.
-fn unique_columns(node: &PlanNode) -> Option<Vec<usize>> {
+pub fn unique_columns(node: &PlanNode) -> Option<Vec<usize>> {
     match &node.op {
         Op::Aggregate { group, .. } => Some((0..group.len()).collect()),
         Op::Filter { .. } => unique_columns(node.inputs.first()?),
@@ -1016,9 +1016,16 @@ fn literal_usize(v: &ScalarValue) -> Option<usize> {
 impl StreamPlan {
     /// The tree as text, one operator per line (EXPLAIN).
     pub fn explain(&self, name: &str) -> Vec<String> {
+        let names = |cols: &mut dyn Iterator<Item = usize>| {
+            cols.filter_map(|c| self.schema.fields().get(c).map(|f| f.name().clone())).collect::<Vec<_>>().join(", ")
+        };
+        let state = match unique_columns(&self.root) {
+            Some(key) => format!("one row per key ({})", names(&mut key.into_iter())),
+            None => "rows with multiplicity".to_string(),
+        };
         let mut lines = vec![format!(
-            "Materialize: view={name}, columns=[{}], state=rows with multiplicity (the view's contents)",
-            self.schema.fields().iter().map(|f| f.name().clone()).collect::<Vec<_>>().join(", ")
+            "Materialize: view={name}, columns=[{}], state={state} (the view's contents)",
+            names(&mut (0..self.schema.fields().len()))
         )];
         fn walk(n: &PlanNode, depth: usize, out: &mut Vec<String>) {
             out.push(format!("{}{} [node {}]", "  ".repeat(depth), n.label, n.id));

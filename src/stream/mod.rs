@@ -15,6 +15,7 @@ pub mod ops;
 pub mod rows;
 pub mod runtime;
 pub mod state;
+pub mod view_rows;
 pub mod watermark;
 
 use datafusion::arrow::array::{Array, Int64Array, RecordBatch};

@@ -35,7 +35,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use super::ops::{self, OpContext, Out, SourceInput, materialize::MaterializeOp};
-use super::rows::{RowCodec, decode_count};
+use super::view_rows::ViewRows;
 use super::state::CacheBudget;
 use super::watermark::{SourceWatermark, WATERMARK_PREFIX, WatermarkStatus, WatermarkStatuses};
 use super::{Ack, Changes, Message, StateWrite, StreamError, StreamResult, Watermark};
@@ -721,6 +721,7 @@ impl Coordinator {
         });
         let schema = plan.schema.clone();
         let distinct = crate::plan::distinct_rows(&plan.root);
+        let unique = crate::plan::unique_columns(&plan.root);
         // A view's root holds the epoch's distinct changed rows until the
         // barrier: light only when those are groups, not rows.
         let light = crate::plan::per_epoch_state_bounded(&plan.root)
@@ -741,7 +742,13 @@ impl Coordinator {
             }
             Some(sink) if sink.is_blackhole() => Box::new(ops::blackhole::BlackholeOp::new(sink.counter.clone())),
             Some(sink) => Box::new(ops::sink::SinkOp::new(def.id, sink, schema)?),
-            None => Box::new(MaterializeOp::new(self.db.clone(), keys::mv_prefix(def.id), schema, distinct)?),
+            None => {
+                if create {
+                    def.row_key = unique;
+                }
+                let layout = ViewRows::new(def.id, schema.clone(), def.row_key.as_deref())?;
+                Box::new(MaterializeOp::new(self.db.clone(), layout, distinct)?)
+            }
         };
         tokio::spawn(ops::run(terminal, vec![root_rx], Out::Subscribers(subscribers.clone()), ctx));
 
@@ -766,21 +773,21 @@ impl Coordinator {
                         return Err(StreamError::Failed(format!("materialized view {mv_id} is not running")));
                     };
                     if create {
-                        let schema = self
+                        let layout = self
                             .catalog
                             .list_mvs()
                             .iter()
                             .find(|m| m.def.id == mv_id)
-                            .map(|m| m.schema.clone())
-                            .ok_or_else(|| StreamError::Failed(format!("materialized view {mv_id} is not in the catalog")));
-                        let schema = match schema {
-                            Ok(s) => s,
+                            .ok_or_else(|| StreamError::Failed(format!("materialized view {mv_id} is not in the catalog")))
+                            .and_then(|m| ViewRows::new(mv_id, m.schema.clone(), m.def.row_key.as_deref()));
+                        let layout = match layout {
+                            Ok(l) => l,
                             Err(e) => {
                                 self.remove_graph_links(def.id, &upstream);
                                 return Err(e);
                             }
                         };
-                        backfill_inputs.push(Backfill::Mv { mv_id, schema, tx: tx.clone() });
+                        backfill_inputs.push(Backfill::Mv { layout, tx: tx.clone() });
                     }
                     if let Ok(mut subs) = up.subscribers.lock() {
                         subs.push((def.id, tx));
@@ -954,7 +961,7 @@ fn project(batch: &RecordBatch, projection: Option<&[usize]>) -> StreamResult<Re
 
 enum Backfill {
     Table { table: Arc<Table>, projection: Option<Vec<usize>>, tx: Sender<Message> },
-    Mv { mv_id: u64, schema: datafusion::arrow::datatypes::SchemaRef, tx: Sender<Message> },
+    Mv { layout: ViewRows, tx: Sender<Message> },
 }
 
 /// Fills a new view's sources from one snapshot; returns the log position
@@ -1018,39 +1025,8 @@ fn backfill(db: &DB, read_seq: u64, inputs: Vec<Backfill>) -> StreamResult<u64> 
                     send_blocking(&tx, decoder.flush()?, None)?;
                 }
             }
-            Backfill::Mv { mv_id, schema, tx } => {
-                let types: Vec<_> = schema.fields().iter().map(|f| f.data_type().clone()).collect();
-                let codec = RowCodec::new(&types)?;
-                let prefix = keys::mv_prefix(mv_id);
-                let mut it = snapshot.raw_iterator();
-                it.seek(&prefix);
-                let mut rows: Vec<Vec<u8>> = Vec::new();
-                let mut counts: Vec<i64> = Vec::new();
-                let flush = |rows: &mut Vec<Vec<u8>>, counts: &mut Vec<i64>| -> StreamResult<()> {
-                    let columns = codec.decode(rows.iter().map(Vec::as_slice))?;
-                    let options =
-                        datafusion::arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(rows.len()));
-                    let batch = RecordBatch::try_new_with_options(schema.clone(), columns, &options)?;
-                    send_blocking(&tx, batch, Some(std::mem::take(counts)))?;
-                    rows.clear();
-                    Ok(())
-                };
-                while it.valid() {
-                    let (Some(k), Some(v)) = (it.key(), it.value()) else { break };
-                    if !k.starts_with(&prefix) {
-                        break;
-                    }
-                    rows.push(k[prefix.len()..].to_vec());
-                    counts.push(decode_count(v)?);
-                    if rows.len() >= SOURCE_BATCH_ROWS {
-                        flush(&mut rows, &mut counts)?;
-                    }
-                    it.next();
-                }
-                it.status().map_err(StateError::from)?;
-                if !rows.is_empty() {
-                    flush(&mut rows, &mut counts)?;
-                }
+            Backfill::Mv { layout, tx } => {
+                layout.read(&snapshot, SOURCE_BATCH_ROWS, &mut |batch, counts| send_blocking(&tx, batch, Some(counts)))?;
             }
         }
     }
