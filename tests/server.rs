@@ -68,6 +68,81 @@ async fn copy_from_stdin_text_and_csv_and_copy_to_stdout() {
     assert!(text.starts_with("id,name\n1,ann\n2,\n3,tab\there\n4,\"a, \"\"quoted\"\" name\"\n"), "{text}");
 }
 
+/// COPY of many rows takes the bulk path (keys sorted and checked in one
+/// walk, rows written without a read each): the key checks, the change
+/// log that views read, and tables without a primary key.
+#[tokio::test]
+async fn bulk_copy_checks_keys_and_feeds_views() {
+    let server = common::TestServer::start();
+    let client = server.connect().await;
+    client
+        .batch_execute(
+            "CREATE TABLE b (id BIGINT PRIMARY KEY, k INT);
+             CREATE TABLE nk (k INT, v TEXT);
+             CREATE MATERIALIZED VIEW bv AS SELECT k, count(*) AS n, sum(id) AS s FROM b GROUP BY k;
+             CREATE MATERIALIZED VIEW nkv AS SELECT k, count(*) AS n FROM nk GROUP BY k;",
+        )
+        .await
+        .expect("create");
+    let copy = |ids: Vec<i64>| {
+        let client = &client;
+        async move {
+            let data: String = ids.iter().map(|id| format!("{id}\t{}\n", id % 7)).collect();
+            let sink = client.copy_in("COPY b FROM STDIN").await.expect("copy in");
+            futures::pin_mut!(sink);
+            sink.send(Bytes::from(data)).await.expect("send");
+            sink.finish().await
+        }
+    };
+    // Even ids, out of order.
+    let evens: Vec<i64> = (0..5000).rev().map(|i| i * 2).collect();
+    assert_eq!(copy(evens).await.expect("evens"), 5000);
+    // Odd ids fall between stored keys: no conflict.
+    assert_eq!(copy((0..3000).map(|i| i * 2 + 1).collect()).await.expect("odds"), 3000);
+    // One stored key in the middle of new ones.
+    let mut clash: Vec<i64> = (0..2000).map(|i| 20_001 + i * 2).collect();
+    clash.push(4242);
+    let err = copy(clash).await.expect_err("stored key");
+    assert_eq!(err.code().map(|c| c.code()), Some("23505"), "{err:?}");
+    assert!(err.as_db_error().is_some_and(|e| e.message().contains("Key (id)=(4242)")), "{err:?}");
+    // A key twice in the same COPY.
+    let mut twice: Vec<i64> = (0..2000).map(|i| 30_000 + i).collect();
+    twice.push(30_500);
+    let err = copy(twice).await.expect_err("duplicate in the data");
+    assert_eq!(err.code().map(|c| c.code()), Some("23505"), "{err:?}");
+    assert!(err.as_db_error().is_some_and(|e| e.message().contains("Key (id)=(30500)")), "{err:?}");
+
+    // No primary key: every row is new.
+    let data: String = (0..3000).map(|i| format!("{}\tv{i}\n", i % 5)).collect();
+    let sink = client.copy_in("COPY nk FROM STDIN").await.expect("copy in");
+    futures::pin_mut!(sink);
+    sink.send(Bytes::from(data)).await.expect("send");
+    assert_eq!(sink.finish().await.expect("no key"), 3000);
+
+    client.batch_execute("FLUSH").await.expect("flush");
+    let total: i64 = client.query_one("SELECT count(*) FROM b", &[]).await.expect("count").get(0);
+    assert_eq!(total, 8000, "the failed COPYs wrote nothing");
+    let view: Vec<(i32, i64, i64)> = client
+        .query("SELECT k, n, s::BIGINT FROM bv ORDER BY k", &[])
+        .await
+        .expect("view")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let batch: Vec<(i32, i64, i64)> = client
+        .query("SELECT k, count(*), sum(id)::BIGINT FROM b GROUP BY k ORDER BY k", &[])
+        .await
+        .expect("batch")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(view.len(), 7);
+    assert_eq!(view, batch);
+    let nkv: Vec<(i32, i64)> =
+        client.query("SELECT k, n FROM nkv ORDER BY k", &[]).await.expect("nkv").iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(nkv, (0..5).map(|k| (k, 600)).collect::<Vec<_>>());
+}
+
 #[tokio::test]
 async fn parameters_and_type_oids() {
     let server = common::TestServer::start();

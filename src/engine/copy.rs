@@ -8,7 +8,9 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, BinaryBuilder, RecordBatch, StringArray};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BinaryBuilder, RecordBatch, RecordBatchOptions, StringArray, StringBuilder,
+};
 use datafusion::arrow::compute::{cast_with_options, CastOptions};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
@@ -165,50 +167,106 @@ fn lookup(engine: &Engine, name: &ObjectName) -> EngineResult<Arc<Table>> {
 pub async fn copy_in(engine: &Engine, copy: &CopyIn, data: &[u8]) -> EngineResult<u64> {
     let text = std::str::from_utf8(data)
         .map_err(|_| EngineError::user("22021", "invalid byte sequence for encoding \"UTF8\""))?;
-    let records = if copy.format.csv { parse_csv(text, &copy.format)? } else { parse_text(text, &copy.format)? };
-    let mut batches = Vec::new();
-    let skip = usize::from(copy.format.header);
-    let mut line_no = skip;
-    for chunk in records[skip.min(records.len())..].chunks(COPY_BATCH_ROWS) {
-        batches.push(to_batch(&copy.table, &copy.columns, chunk, line_no)?);
-        line_no += chunk.len();
-    }
+    let shape = Shape { table: copy.table.name(), columns: copy.columns.len(), skip: usize::from(copy.format.header) };
+    let chunks = if copy.format.csv {
+        let records = parse_csv(text, &copy.format)?;
+        records_to_chunks(&records, &shape)?
+    } else {
+        parse_text(text, &copy.format, &shape)?
+    };
+    let batches = chunks
+        .into_iter()
+        .map(|chunk| to_batch(&copy.table, &copy.columns, chunk))
+        .collect::<EngineResult<Vec<_>>>()?;
     super::dml::write_rows(engine, copy.table.clone(), batches, super::dml::Conflict::Error).await
 }
 
 type Record = Vec<Option<String>>;
 
-fn to_batch(table: &Table, columns: &[usize], records: &[Record], first_line: usize) -> EngineResult<RecordBatch> {
-    let ncols = table.def.columns.len();
-    for (i, r) in records.iter().enumerate() {
-        if r.len() != columns.len() {
-            return Err(EngineError::user(
-                "22P04",
-                format!(
-                    "COPY {}, line {}: expected {} columns, found {}",
-                    table.name(),
-                    first_line + i + 1,
-                    columns.len(),
-                    r.len()
-                ),
-            ));
+/// What the data must look like: fields per line, header lines to skip.
+struct Shape<'a> {
+    table: &'a str,
+    columns: usize,
+    skip: usize,
+}
+
+impl Shape<'_> {
+    fn wrong_count(&self, line: usize, found: usize) -> EngineError {
+        EngineError::user(
+            "22P04",
+            format!("COPY {}, line {line}: expected {} columns, found {found}", self.table, self.columns),
+        )
+    }
+}
+
+/// Up to [`COPY_BATCH_ROWS`] rows as text, one array per listed column.
+struct TextChunk {
+    columns: Vec<StringArray>,
+    rows: usize,
+}
+
+/// Builds [`TextChunk`]s a field at a time.
+struct ChunkBuilder {
+    builders: Vec<StringBuilder>,
+    rows: usize,
+    chunks: Vec<TextChunk>,
+}
+
+impl ChunkBuilder {
+    fn new(columns: usize) -> Self {
+        Self { builders: (0..columns).map(|_| StringBuilder::new()).collect(), rows: 0, chunks: Vec::new() }
+    }
+
+    fn end_row(&mut self) {
+        self.rows += 1;
+        if self.rows == COPY_BATCH_ROWS {
+            self.finish_chunk();
         }
     }
+
+    fn finish_chunk(&mut self) {
+        if self.rows > 0 {
+            let columns = self.builders.iter_mut().map(|b| b.finish()).collect();
+            self.chunks.push(TextChunk { columns, rows: std::mem::take(&mut self.rows) });
+        }
+    }
+
+    fn finish(mut self) -> Vec<TextChunk> {
+        self.finish_chunk();
+        self.chunks
+    }
+}
+
+fn records_to_chunks(records: &[Record], shape: &Shape<'_>) -> EngineResult<Vec<TextChunk>> {
+    let mut out = ChunkBuilder::new(shape.columns);
+    for (i, r) in records.iter().enumerate().skip(shape.skip) {
+        if r.len() != shape.columns {
+            return Err(shape.wrong_count(i + 1, r.len()));
+        }
+        for (b, v) in out.builders.iter_mut().zip(r) {
+            b.append_option(v.as_deref());
+        }
+        out.end_row();
+    }
+    Ok(out.finish())
+}
+
+fn to_batch(table: &Table, columns: &[usize], chunk: TextChunk) -> EngineResult<RecordBatch> {
+    let ncols = table.def.columns.len();
     let mut arrays: Vec<ArrayRef> = Vec::with_capacity(ncols);
     for (idx, col) in table.def.columns.iter().enumerate() {
         let dt = table.schema.field(idx).data_type().clone();
         let array: ArrayRef = match columns.iter().position(|&c| c == idx) {
-            None => datafusion::arrow::array::new_null_array(&dt, records.len()),
-            Some(pos) => {
-                let values: StringArray = records.iter().map(|r| r[pos].as_deref()).collect();
-                convert(&values, &col.sql_type, &dt).map_err(|e| {
-                    EngineError::user("22P02", format!("COPY {}, column {}: {e}", table.name(), col.name))
-                })?
-            }
+            None => datafusion::arrow::array::new_null_array(&dt, chunk.rows),
+            Some(pos) => convert(&chunk.columns[pos], &col.sql_type, &dt).map_err(|e| {
+                EngineError::user("22P02", format!("COPY {}, column {}: {e}", table.name(), col.name))
+            })?,
         };
         arrays.push(array);
     }
-    RecordBatch::try_new(table.schema.clone(), arrays).map_err(|e| EngineError::DataFusion(e.into()))
+    let options = RecordBatchOptions::new().with_row_count(Some(chunk.rows));
+    RecordBatch::try_new_with_options(table.schema.clone(), arrays, &options)
+        .map_err(|e| EngineError::DataFusion(e.into()))
 }
 
 fn convert(values: &StringArray, sql_type: &SqlType, dt: &DataType) -> Result<ArrayRef, String> {
@@ -266,43 +324,83 @@ pub fn decode_bytea(s: &str) -> Result<Vec<u8>, String> {
 /// Postgres text format: one line per row, fields split by the delimiter,
 /// backslash escapes (`\t`, `\n`, octal `\123`, hex `\x41`, `\<any>`), the
 /// NULL marker (`\N`) compared with the field as written, `\.` ends the
-/// data.
-fn parse_text(text: &str, f: &CopyFormat) -> EngineResult<Vec<Record>> {
-    let mut lines: Vec<&str> = text.split('\n').collect();
-    if lines.last() == Some(&"") {
-        lines.pop(); // the newline that ends the last line
-    }
-    let mut out = Vec::with_capacity(lines.len());
-    for line in lines {
+/// data. Fields without a backslash are appended as they are (no copy per
+/// field); only escaped ones are decoded.
+fn parse_text(text: &str, f: &CopyFormat, shape: &Shape<'_>) -> EngineResult<Vec<TextChunk>> {
+    let delimiter = match u8::try_from(f.delimiter) {
+        Ok(d) if d.is_ascii() => d,
+        _ => return Err(EngineError::user("0A000", "COPY delimiter must be a single one-byte character")),
+    };
+    let mut out = ChunkBuilder::new(shape.columns);
+    let mut scratch = String::new();
+    let mut lines = text.split('\n');
+    let mut line_no = 0;
+    while let Some(line) = lines.next() {
+        if line.is_empty() && lines.clone().next().is_none() {
+            break; // the newline that ends the last line
+        }
+        line_no += 1;
         let line = line.strip_suffix('\r').unwrap_or(line);
         if line == "\\." {
             break;
         }
-        out.push(split_text_line(line, f));
-    }
-    Ok(out)
-}
-
-fn split_text_line(line: &str, f: &CopyFormat) -> Record {
-    let mut record = Vec::new();
-    let mut field = String::new();
-    let mut raw = String::new();
-    let mut chars = line.chars().peekable();
-    let finish = |field: &mut String, raw: &mut String, record: &mut Record| {
-        if *raw == f.null {
-            record.push(None);
-        } else {
-            record.push(Some(std::mem::take(field)));
-        }
-        field.clear();
-        raw.clear();
-    };
-    while let Some(c) = chars.next() {
-        if c == f.delimiter {
-            finish(&mut field, &mut raw, &mut record);
+        if line_no <= shape.skip {
             continue;
         }
-        raw.push(c);
+        let found = push_text_line(line, f, delimiter, &mut out.builders, &mut scratch);
+        if found != shape.columns {
+            return Err(shape.wrong_count(line_no, found));
+        }
+        out.end_row();
+    }
+    Ok(out.finish())
+}
+
+/// Appends one line's fields to `columns` (those beyond its length are
+/// counted, not stored); returns how many fields the line has.
+fn push_text_line(line: &str, f: &CopyFormat, delimiter: u8, columns: &mut [StringBuilder], scratch: &mut String) -> usize {
+    let bytes = line.as_bytes();
+    let mut fields = 0;
+    let mut start = 0;
+    let mut escaped = false;
+    let mut i = 0;
+    loop {
+        if i >= bytes.len() || bytes[i] == delimiter {
+            // Both ends are at a one-byte character (the delimiter) or the
+            // end of the line: a valid `str` slice.
+            let raw = &line[start..i.min(bytes.len())];
+            if let Some(b) = columns.get_mut(fields) {
+                if raw == f.null {
+                    b.append_null();
+                } else if escaped {
+                    scratch.clear();
+                    unescape_text(raw, scratch);
+                    b.append_value(&*scratch);
+                } else {
+                    b.append_value(raw);
+                }
+            }
+            fields += 1;
+            if i >= bytes.len() {
+                return fields;
+            }
+            i += 1;
+            start = i;
+            escaped = false;
+        } else if bytes[i] == b'\\' {
+            // The escaped byte (maybe the delimiter) belongs to the field.
+            escaped = true;
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+}
+
+/// Decodes the backslash escapes of one field as written.
+fn unescape_text(raw: &str, field: &mut String) {
+    let mut chars = raw.chars().peekable();
+    while let Some(c) = chars.next() {
         if c != '\\' {
             field.push(c);
             continue;
@@ -311,7 +409,6 @@ fn split_text_line(line: &str, f: &CopyFormat) -> Record {
             field.push('\\');
             break;
         };
-        raw.push(e);
         match e {
             'b' => field.push('\u{8}'),
             'f' => field.push('\u{c}'),
@@ -320,36 +417,25 @@ fn split_text_line(line: &str, f: &CopyFormat) -> Record {
             't' => field.push('\t'),
             'v' => field.push('\u{b}'),
             '0'..='7' => {
-                let v = take_digits(&mut chars, &mut raw, 8, 2, e.to_digit(8).unwrap_or(0));
+                let v = take_digits(&mut chars, 8, 2, e.to_digit(8).unwrap_or(0));
                 field.push(char::from_u32(v & 0xFF).unwrap_or('\u{FFFD}'));
             }
             'x' if chars.peek().is_some_and(|d| d.is_ascii_hexdigit()) => {
-                let v = take_digits(&mut chars, &mut raw, 16, 2, 0);
+                let v = take_digits(&mut chars, 16, 2, 0);
                 field.push(char::from_u32(v).unwrap_or('\u{FFFD}'));
             }
             other => field.push(other),
         }
     }
-    finish(&mut field, &mut raw, &mut record);
-    record
 }
 
-/// Reads up to `max` more digits of `radix` after `start`, keeping the
-/// raw text (for the NULL-marker comparison).
-fn take_digits(
-    chars: &mut std::iter::Peekable<std::str::Chars<'_>>,
-    raw: &mut String,
-    radix: u32,
-    max: usize,
-    start: u32,
-) -> u32 {
+/// Reads up to `max` more digits of `radix` after `start`.
+fn take_digits(chars: &mut std::iter::Peekable<std::str::Chars<'_>>, radix: u32, max: usize, start: u32) -> u32 {
     let mut v = start;
     for _ in 0..max {
         let Some(d) = chars.peek().and_then(|d| d.to_digit(radix)) else { break };
         v = v * radix + d;
-        if let Some(c) = chars.next() {
-            raw.push(c);
-        }
+        chars.next();
     }
     v
 }
@@ -529,17 +615,44 @@ mod tests {
         assert_eq!(rows[1], vec![Some("2".into()), Some("say \"hi\"".into()), Some(String::new())]);
     }
 
+    /// The text parser's chunks as records.
+    fn text(data: &str, f: &CopyFormat, columns: usize) -> EngineResult<Vec<Record>> {
+        let chunks = parse_text(data, f, &Shape { table: "t", columns, skip: 0 })?;
+        let mut out = Vec::new();
+        for c in chunks {
+            for row in 0..c.rows {
+                out.push(c.columns.iter().map(|a| a.is_valid(row).then(|| a.value(row).to_string())).collect());
+            }
+        }
+        Ok(out)
+    }
+
     #[test]
     fn text_escapes_and_end_marker() {
-        let rows = parse_text("1\ta\\tb\t\\N\n\\.\n9\tx\ty\n", &CopyFormat::text()).expect("parses");
+        let rows = text("1\ta\\tb\t\\N\n\\.\n9\tx\ty\n", &CopyFormat::text(), 3).expect("parses");
         assert_eq!(rows, vec![vec![Some("1".into()), Some("a\tb".into()), None]]);
     }
 
     #[test]
     fn text_escaped_delimiter_octal_hex_and_empty_lines() {
         let f = CopyFormat { delimiter: ',', ..CopyFormat::text() };
-        let rows = parse_text("a\\,b,\\101\\x42\n\n", &f).expect("parses");
-        assert_eq!(rows, vec![vec![Some("a,b".into()), Some("AB".into())], vec![Some(String::new())]]);
+        let rows = text("a\\,b,\\101\\x42\nc,d\r\n", &f, 2).expect("parses");
+        assert_eq!(rows, vec![vec![Some("a,b".into()), Some("AB".into())], vec![Some("c".into()), Some("d".into())]]);
+        let rows = text("\n", &f, 1).expect("parses");
+        assert_eq!(rows, vec![vec![Some(String::new())]]);
+        let rows = text("x\\\n", &f, 1).expect("a trailing backslash is kept");
+        assert_eq!(rows, vec![vec![Some("x\\".into())]]);
+        let err = text("a,b\nc\n", &f, 2).expect_err("one field short");
+        assert!(err.to_string().contains("line 2: expected 2 columns, found 1"), "{err}");
+    }
+
+    #[test]
+    fn text_chunks_and_multibyte_fields() {
+        let data: String = (0..COPY_BATCH_ROWS + 3).map(|i| format!("{i}\tü\\ü\n")).collect();
+        let chunks = parse_text(&data, &CopyFormat::text(), &Shape { table: "t", columns: 2, skip: 1 }).expect("parses");
+        assert_eq!(chunks.iter().map(|c| c.rows).collect::<Vec<_>>(), vec![COPY_BATCH_ROWS, 2]);
+        assert_eq!(chunks[0].columns[0].value(0), "1", "the header line is skipped");
+        assert_eq!(chunks[1].columns[1].value(1), "üü");
     }
 
     #[test]

@@ -388,7 +388,8 @@ fn duplicate_key(table: &Table, batch: &RecordBatch, row: usize) -> StateError {
 
 /// The storage key of `batch[row]`, or a new hidden row id.
 pub(crate) fn row_key(table: &Table, batch: &RecordBatch, row: usize) -> StateResult<Vec<u8>> {
-    let mut key = table_prefix(table.id());
+    let mut key = Vec::with_capacity(32);
+    key.extend_from_slice(&table_prefix(table.id()));
     if table.def.primary_key.is_empty() {
         let id = table.next_row_id.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         key.extend_from_slice(&id.to_be_bytes());
@@ -445,7 +446,12 @@ pub async fn write_rows(
     if batches.is_empty() {
         return Ok(0);
     }
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let bulk = rows >= BULK_ROWS && (table.def.primary_key.is_empty() || matches!(conflict, Conflict::Error));
     write_table(engine, table, move |txn, table| {
+            if bulk {
+                return insert_bulk(txn, table, &batches);
+            }
             let has_pk = !table.def.primary_key.is_empty();
             let mut written = 0u64;
             let mut touched: HashSet<Vec<u8>> = HashSet::new();
@@ -492,6 +498,43 @@ pub async fn write_rows(
             Ok(written)
         })
         .await
+}
+
+/// Rows from which an INSERT or COPY takes the bulk path.
+const BULK_ROWS: usize = 1024;
+
+/// Inserts many rows that must all be new (no ON CONFLICT): every key is
+/// made first, duplicates within the statement are found by sorting and
+/// stored ones by one walk over the sorted keys ([`Txn::first_present`]);
+/// then the rows go in without a read each ([`Txn::insert_new`]), in key
+/// order. Keys of a table without a primary key are new row ids.
+fn insert_bulk(txn: &mut Txn<'_>, table: &Table, batches: &[RecordBatch]) -> StateResult<u64> {
+    let mut keys: Vec<(Vec<u8>, usize, usize)> = Vec::with_capacity(batches.iter().map(RecordBatch::num_rows).sum());
+    for (b, batch) in batches.iter().enumerate() {
+        for row in 0..batch.num_rows() {
+            keys.push((row_key(table, batch, row)?, b, row));
+        }
+    }
+    if !table.def.primary_key.is_empty() {
+        keys.sort_unstable_by(|a, b| a.0.cmp(&b.0).then((a.1, a.2).cmp(&(b.1, b.2))));
+        // The later of two equal keys is the one that violates the key.
+        if let Some(w) = keys.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(duplicate_key(table, &batches[w[1].1], w[1].2));
+        }
+        let sorted: Vec<&[u8]> = keys.iter().map(|k| k.0.as_slice()).collect();
+        if let Some(i) = txn.first_present(&sorted)? {
+            return Err(duplicate_key(table, &batches[keys[i].1], keys[i].2));
+        }
+    }
+    let mut row_capacity = 64;
+    let written = keys.len() as u64;
+    for (key, b, row) in keys {
+        let mut value = Vec::with_capacity(row_capacity);
+        encode_row(batches[b].columns(), row, &mut value)?;
+        row_capacity = row_capacity.max(value.len());
+        txn.insert_new(key, value);
+    }
+    Ok(written)
 }
 
 /// A row read by UPDATE or DELETE was changed by another statement before

@@ -89,6 +89,8 @@ pub struct Txn<'a> {
     /// Rows appended to a source's change log without being stored (with
     /// their weight: 1, or [`super::log::GENERATED`] for a range).
     appended: Vec<(u64, i8, Vec<u8>)>,
+    /// Table rows whose keys the closure proved absent ([`Txn::insert_new`]).
+    fresh: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Txn<'_> {
@@ -114,6 +116,50 @@ impl Txn<'_> {
 
     pub fn delete(&mut self, key: Vec<u8>) {
         self.staged.insert(key, None);
+    }
+
+    /// Inserts a table row whose key is stored nowhere (the caller checked
+    /// with [`Txn::first_present`], or the key is a new hidden row id, and
+    /// the closure writes it once): no read, no staging; the change log
+    /// gets it as an insert. A closure that inserts this way is committed
+    /// on its own group right after it, so later closures read its rows
+    /// from RocksDB. For bulk writes (COPY, large INSERTs).
+    pub fn insert_new(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.fresh.push((key, value));
+    }
+
+    /// The position of the first of `keys` (sorted ascending) that holds a
+    /// value: written by this closure, by an earlier one of the group, or
+    /// stored. One iterator walks RocksDB alongside the keys (a seek where
+    /// they jump), instead of a point read per key.
+    pub fn first_present(&self, keys: &[&[u8]]) -> StateResult<Option<usize>> {
+        // What this closure and the group wrote decides first.
+        let written = |k: &[u8]| self.staged.get(k).or_else(|| self.group.get(k));
+        if !self.staged.is_empty() || !self.group.is_empty() {
+            if let Some(i) = keys.iter().position(|k| matches!(written(k), Some(Some(_)))) {
+                return Ok(Some(i));
+            }
+        }
+        let Some(first) = keys.first() else { return Ok(None) };
+        let mut it = self.db.raw_iterator();
+        it.seek(first);
+        let mut i = 0;
+        while i < keys.len() {
+            let Some(stored) = it.key() else { break };
+            match stored.cmp(keys[i]) {
+                std::cmp::Ordering::Equal => {
+                    // Unless an earlier closure of the group deleted it.
+                    if written(keys[i]).is_none() {
+                        return Ok(Some(i));
+                    }
+                    i += 1;
+                }
+                std::cmp::Ordering::Less => it.seek(keys[i]),
+                std::cmp::Ordering::Greater => i += keys[i..].partition_point(|k| *k < stored),
+            }
+        }
+        it.status()?;
+        Ok(None)
     }
 
     /// Writes a key that no closure reads back through a `Txn` (checkpoint
@@ -255,6 +301,7 @@ fn log_entry(
     logged: &HashSet<u64>,
     preimages: &HashMap<Vec<u8>, Option<Vec<u8>>>,
     appended: &[(u64, i8, Vec<u8>)],
+    fresh: &[(Vec<u8>, Vec<u8>)],
 ) -> StateResult<Option<Vec<u8>>> {
     if logged.is_empty() {
         return Ok(None);
@@ -263,6 +310,17 @@ fn log_entry(
     let marker = |w: &i8| *w == super::log::WATERMARK;
     for (table_id, weight, row) in appended.iter().filter(|a| !marker(&a.1)) {
         entry.push(*table_id, *weight, row);
+    }
+    let mut last: Option<(u64, bool)> = None;
+    for (key, new) in fresh {
+        let Some(id) = keys::table_id_of(key) else { continue };
+        let on = match last {
+            Some((l, on)) if l == id => on,
+            _ => last.insert((id, logged.contains(&id))).1,
+        };
+        if on {
+            entry.push(id, 1, new);
+        }
     }
     for (key, new) in staged {
         let Some(table_id) = keys::table_id_of(key) else { continue };
@@ -306,16 +364,17 @@ fn apply(db: &DB, group: &mut Group, req: Request, sync: &WriteOptions, log: &mu
         logged: &mut log.logged,
         preimages: Default::default(),
         appended: Vec::new(),
+        fresh: Vec::new(),
     };
     // A panic in a closure (a bug, or in a function evaluated for
     // ON CONFLICT) fails that statement only; the writer keeps running.
     let work = req.work;
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&mut txn)))
         .unwrap_or_else(|_| Err(StateError::rejected("XX000", "internal error while writing; the statement was not applied")));
-    let Txn { staged, ranges, preimages, direct, appended, .. } = txn;
+    let Txn { staged, ranges, preimages, direct, appended, fresh, .. } = txn;
     let preimages = preimages.into_inner();
     let result = result.and_then(|value| {
-        log_entry(db, &group.overlay, &staged, &log.logged, &preimages, &appended).map(|entry| (value, entry))
+        log_entry(db, &group.overlay, &staged, &log.logged, &preimages, &appended, &fresh).map(|entry| (value, entry))
     });
     match result {
         Ok((value, entry)) => {
@@ -341,10 +400,14 @@ fn apply(db: &DB, group: &mut Group, req: Request, sync: &WriteOptions, log: &mu
                 }
                 group.overlay.insert(k, v);
             }
+            for (k, v) in &fresh {
+                group.batch.put(k, v);
+            }
             group.acks.push((req.reply, value));
-            if !ranges.is_empty() {
-                // The overlay cannot express a range delete: make it durable
-                // now so later closures read it from RocksDB.
+            if !ranges.is_empty() || !fresh.is_empty() {
+                // The overlay cannot express a range delete, and does not
+                // hold fresh rows: make them durable now so later closures
+                // read them from RocksDB.
                 commit(db, std::mem::replace(group, Group::new()), sync, log);
             }
         }
