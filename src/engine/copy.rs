@@ -388,12 +388,26 @@ fn push_text_line(line: &str, f: &CopyFormat, delimiter: u8, columns: &mut [Stri
             start = i;
             escaped = false;
         } else if bytes[i] == b'\\' {
-            // The escaped byte (maybe the delimiter) belongs to the field.
+            // The escape (maybe an escaped delimiter, or digits that equal
+            // it) belongs to the field.
             escaped = true;
-            i += 2;
+            i += 1 + escape_len(&bytes[i + 1..]);
         } else {
             i += 1;
         }
+    }
+}
+
+/// How many bytes after a backslash belong to its escape, as
+/// [`unescape_text`] reads them: octal `\1`–`\123`, hex `\x4`–`\x41`, else
+/// one (the first byte of any other character).
+fn escape_len(rest: &[u8]) -> usize {
+    let digits = |radix: fn(&u8) -> bool| 1 + rest[1..].iter().take(2).take_while(|b| radix(b)).count();
+    match rest.first() {
+        None => 0,
+        Some(b'0'..=b'7') => digits(|b| (b'0'..=b'7').contains(b)),
+        Some(b'x') if rest.get(1).is_some_and(u8::is_ascii_hexdigit) => digits(u8::is_ascii_hexdigit),
+        Some(_) => 1,
     }
 }
 
@@ -642,6 +656,9 @@ mod tests {
         assert_eq!(rows, vec![vec![Some(String::new())]]);
         let rows = text("x\\\n", &f, 1).expect("a trailing backslash is kept");
         assert_eq!(rows, vec![vec![Some("x\\".into())]]);
+        // Digits of an escape that equal the delimiter stay in the escape.
+        let rows = text("\\x4AAz\n\\101A\\0\n", &CopyFormat { delimiter: 'A', ..CopyFormat::text() }, 2).expect("parses");
+        assert_eq!(rows, vec![vec![Some("J".into()), Some("z".into())], vec![Some("A".into()), Some("\0".into())]]);
         let err = text("a,b\nc\n", &f, 2).expect_err("one field short");
         assert!(err.to_string().contains("line 2: expected 2 columns, found 1"), "{err}");
     }

@@ -201,7 +201,7 @@ pub fn distinct_rows(node: &PlanNode) -> bool {
 }
 
 /// Output columns that are unique together, when the plan knows some.
-pub fn unique_columns(node: &PlanNode) -> Option<Vec<usize>> {
+fn unique_columns(node: &PlanNode) -> Option<Vec<usize>> {
     match &node.op {
         Op::Aggregate { group, .. } => Some((0..group.len()).collect()),
         Op::Filter { .. } => unique_columns(node.inputs.first()?),
@@ -215,6 +215,13 @@ pub fn unique_columns(node: &PlanNode) -> Option<Vec<usize>> {
             .collect(),
         _ => None,
     }
+}
+
+/// The columns a view's rows are stored under ([`crate::stream::view_rows`]):
+/// a unique key that leaves some column out (a key of every column, as in
+/// DISTINCT, is the row itself: rows are stored whole).
+pub fn view_key(node: &PlanNode, columns: usize) -> Option<Vec<usize>> {
+    unique_columns(node).filter(|k| k.len() < columns)
 }
 
 /// Every column nullable: what stream batches carry.
@@ -1019,7 +1026,7 @@ impl StreamPlan {
         let names = |cols: &mut dyn Iterator<Item = usize>| {
             cols.filter_map(|c| self.schema.fields().get(c).map(|f| f.name().clone())).collect::<Vec<_>>().join(", ")
         };
-        let state = match unique_columns(&self.root) {
+        let state = match view_key(&self.root, self.schema.fields().len()) {
             Some(key) => format!("one row per key ({})", names(&mut key.into_iter())),
             None => "rows with multiplicity".to_string(),
         };

@@ -121,8 +121,8 @@ impl Txn<'_> {
     /// Inserts a table row whose key is stored nowhere (the caller checked
     /// with [`Txn::first_present`], or the key is a new hidden row id, and
     /// the closure writes it once): no read, no staging; the change log
-    /// gets it as an insert. A closure that inserts this way is committed
-    /// on its own group right after it, so later closures read its rows
+    /// gets it as an insert. The group holding a closure that inserts this
+    /// way is committed right after it, so later closures read its rows
     /// from RocksDB. For bulk writes (COPY, large INSERTs).
     pub fn insert_new(&mut self, key: Vec<u8>, value: Vec<u8>) {
         self.fresh.push((key, value));

@@ -721,7 +721,7 @@ impl Coordinator {
         });
         let schema = plan.schema.clone();
         let distinct = crate::plan::distinct_rows(&plan.root);
-        let unique = crate::plan::unique_columns(&plan.root);
+        let unique = crate::plan::view_key(&plan.root, plan.schema.fields().len());
         // A view's root holds the epoch's distinct changed rows until the
         // barrier: light only when those are groups, not rows.
         let light = crate::plan::per_epoch_state_bounded(&plan.root)
