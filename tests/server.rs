@@ -122,20 +122,8 @@ async fn bulk_copy_checks_keys_and_feeds_views() {
     client.batch_execute("FLUSH").await.expect("flush");
     let total: i64 = client.query_one("SELECT count(*) FROM b", &[]).await.expect("count").get(0);
     assert_eq!(total, 8000, "the failed COPYs wrote nothing");
-    let view: Vec<(i32, i64, i64)> = client
-        .query("SELECT k, n, s::BIGINT FROM bv ORDER BY k", &[])
-        .await
-        .expect("view")
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
-    let batch: Vec<(i32, i64, i64)> = client
-        .query("SELECT k, count(*), sum(id)::BIGINT FROM b GROUP BY k ORDER BY k", &[])
-        .await
-        .expect("batch")
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
+    let view = common::rows_text(&client, "SELECT k, n, s::BIGINT FROM bv ORDER BY k").await;
+    let batch = common::rows_text(&client, "SELECT k, count(*), sum(id)::BIGINT FROM b GROUP BY k ORDER BY k").await;
     assert_eq!(view.len(), 7);
     assert_eq!(view, batch);
     let nkv: Vec<(i32, i64)> =

@@ -45,10 +45,6 @@ impl ViewRows {
         Ok(Self { prefix: keys::mv_prefix(mv_id), codec: RowCodec::new(&types)?, schema, key })
     }
 
-    pub fn schema(&self) -> &SchemaRef {
-        &self.schema
-    }
-
     pub fn codec(&self) -> &RowCodec {
         &self.codec
     }
@@ -178,11 +174,16 @@ impl ViewRows {
         counts: &mut Vec<i64>,
         emit: &mut dyn FnMut(RecordBatch, Vec<i64>) -> StreamResult<()>,
     ) -> StreamResult<()> {
-        let columns = self.codec.decode(rows.iter().map(Vec::as_slice))?;
-        let options = RecordBatchOptions::new().with_row_count(Some(rows.len()));
-        let batch = RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)?;
+        let batch = self.decode(rows)?;
         rows.clear();
         emit(batch, std::mem::take(counts))
+    }
+
+    /// Row bytes of the view back into a batch of its schema.
+    pub fn decode(&self, rows: &[Vec<u8>]) -> StreamResult<RecordBatch> {
+        let columns = self.codec.decode(rows.iter().map(Vec::as_slice))?;
+        let options = RecordBatchOptions::new().with_row_count(Some(rows.len()));
+        Ok(RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)?)
     }
 }
 

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Int64Array, RecordBatch};
+use datafusion::arrow::array::Int64Array;
 use rocksdb::DB;
 
 use super::Operator;
@@ -80,9 +80,7 @@ impl Operator for MaterializeOp {
         if rows.is_empty() {
             return Ok((Vec::new(), Vec::new()));
         }
-        let columns = self.layout.codec().decode(rows.iter().map(Vec::as_slice))?;
-        let options = datafusion::arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(rows.len()));
-        let batch = RecordBatch::try_new_with_options(self.layout.schema().clone(), columns, &options)?;
+        let batch = self.layout.decode(&rows)?;
         let writes = self.layout.writes(&self.db, self.distinct, rows, &deltas, batch.columns())?;
         Ok((vec![Changes::new(batch, Int64Array::from(deltas))], writes))
     }
