@@ -27,6 +27,11 @@ const VIEWS: &[(&str, &str)] = &[
     ("p_union", "SELECT k FROM a UNION SELECT k FROM b"),
     ("p_union_all", "SELECT k FROM a WHERE v > 0 UNION ALL SELECT k FROM b"),
     ("p_join_agg", "SELECT b.k, count(*) AS n, sum(a.v) AS sv FROM a JOIN b ON a.k = b.k GROUP BY b.k HAVING count(*) > 1"),
+    // Joins whose output keeps a unique key: stored one row per key.
+    ("p_join_pk", "SELECT a.id, a.v, b.w FROM a JOIN b ON a.k = b.id"),
+    ("p_left_pk", "SELECT a.id, a.s, b.w FROM a LEFT JOIN b ON a.k = b.id"),
+    ("p_pairs", "SELECT a.id, b.id AS bid, a.v, b.w FROM a JOIN b ON a.k = b.k"),
+    ("p_right_pairs", "SELECT a.id, b.id AS bid, b.w FROM a RIGHT JOIN b ON a.k = b.k"),
     ("p_subquery", "SELECT t.k, t.n FROM (SELECT k, count(*) AS n FROM b GROUP BY k) t WHERE t.n >= 2"),
 ];
 

@@ -213,7 +213,69 @@ fn unique_columns(node: &PlanNode) -> Option<Vec<usize>> {
                 })
             })
             .collect(),
+        Op::TableSource { table, projection } => table_key(table, projection.as_deref()),
+        Op::MvSource { mv } => mv.def.row_key.clone(),
+        Op::Join { kind, left_keys, right_keys, temporal: false, .. } => {
+            let [left, right] = node.inputs.as_slice() else { return None };
+            join_unique(*kind, left, right, left_keys, right_keys)
+        }
         _ => None,
+    }
+}
+
+/// A stored table's primary key, as positions among the columns it reads
+/// (a source stores nothing and guarantees nothing; a table without a
+/// primary key may hold equal rows).
+fn table_key(table: &crate::catalog::Table, projection: Option<&[usize]>) -> Option<Vec<usize>> {
+    if table.def.source || table.def.primary_key.is_empty() {
+        return None;
+    }
+    table
+        .def
+        .primary_key
+        .iter()
+        .map(|&c| match projection {
+            Some(p) => p.iter().position(|&q| q == c),
+            None => Some(c),
+        })
+        .collect()
+}
+
+/// Unique columns of a join's output (left columns, then right ones; the
+/// kept side's alone for semi and anti joins):
+/// - a semi or anti join emits each kept row at most once;
+/// - when the join keys of one side cover a unique key of it, a row of
+///   the other side matches at most one row there, so that other side's
+///   unique key stays unique (where the kept side is never NULL-padded:
+///   inner joins, and the preserved side of an outer join);
+/// - an inner, left or right join's pairs are unique on both sides' keys
+///   together: a preserved row is either padded once or matched, never
+///   both. (A full join may pad both sides with all-NULL keys.)
+fn join_unique(kind: JoinKind, left: &PlanNode, right: &PlanNode, left_keys: &[PhysExpr], right_keys: &[PhysExpr]) -> Option<Vec<usize>> {
+    let (ul, ur) = (unique_columns(left), unique_columns(right));
+    let width = left.schema.fields().len();
+    let covers = |keys: &[PhysExpr], unique: &Option<Vec<usize>>| {
+        let cols: Vec<usize> = keys
+            .iter()
+            .filter_map(|e| e.downcast_ref::<datafusion::physical_expr::expressions::Column>().map(|c| c.index()))
+            .collect();
+        unique.as_ref().is_some_and(|u| u.iter().all(|c| cols.contains(c)))
+    };
+    let shift = |u: Vec<usize>| u.into_iter().map(|c| c + width).collect::<Vec<_>>();
+    match kind {
+        JoinKind::LeftSemi | JoinKind::LeftAnti => ul,
+        JoinKind::RightSemi | JoinKind::RightAnti => ur,
+        JoinKind::Full => None,
+        _ => {
+            if matches!(kind, JoinKind::Inner | JoinKind::Left) && covers(right_keys, &ur) && ul.is_some() {
+                return ul;
+            }
+            if matches!(kind, JoinKind::Inner | JoinKind::Right) && covers(left_keys, &ul) && ur.is_some() {
+                return ur.map(shift);
+            }
+            let (l, r) = (ul?, ur?);
+            Some(l.into_iter().chain(shift(r)).collect())
+        }
     }
 }
 
