@@ -324,15 +324,25 @@ impl StateTable {
     /// the table's prefix), bypassing the cache: for operators that keep
     /// their own cache over the same keys.
     pub fn committed_keys(&self, from: &[u8], to: &[u8]) -> StreamResult<Vec<Vec<u8>>> {
+        Ok(self.committed_range(from, to, usize::MAX)?.into_iter().map(|(k, _)| k).collect())
+    }
+
+    /// Like [`StateTable::committed_keys`], with values, for the keys
+    /// under `prefix` (at most `limit` of them).
+    pub fn committed_prefix(&self, prefix: &[u8], limit: usize) -> StreamResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.committed_range(prefix, &prefix_end(prefix), limit)
+    }
+
+    fn committed_range(&self, from: &[u8], to: &[u8], limit: usize) -> StreamResult<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut opts = rocksdb::ReadOptions::default();
         opts.set_iterate_upper_bound(self.full_key(to));
         let mut it = self.db.raw_iterator_opt(opts);
         it.seek(self.full_key(from));
         let plen = self.prefix.len();
         let mut out = Vec::new();
-        while it.valid() {
-            if let Some(k) = it.key() {
-                out.push(k[plen..].to_vec());
+        while it.valid() && out.len() < limit {
+            if let (Some(k), Some(v)) = (it.key(), it.value()) {
+                out.push((k[plen..].to_vec(), v.to_vec()));
             }
             it.next();
         }

@@ -3,9 +3,10 @@
 //!
 //! State per side: its rows by join key (`[side, 0, len, key, row]` →
 //! multiplicity) and the number of rows per key (`[side, 1, key]` → count,
-//! the "degree"). A batch from one side is joined with the other side's
-//! current state and then added to its own (Δ(L⋈R) = ΔL⋈R + L'⋈ΔR, taking
-//! the batches in arrival order). Outer joins use the degrees: when a
+//! the "degree"), kept decoded in memory over RocksDB by
+//! [`SideIndex`](super::join_state::SideIndex). A batch from one side is
+//! joined with the other side's current state and then added to its own
+//! (Δ(L⋈R) = ΔL⋈R + L'⋈ΔR, taking the batches in arrival order). Outer joins use the degrees: when a
 //! key's degree on one side goes from 0 to more, the other side's rows
 //! with that key stop being NULL-padded (the padded rows are retracted and
 //! the matches emitted), and back again when it returns to 0. Semi and
@@ -44,13 +45,13 @@ use datafusion::arrow::compute::{cast, take};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 
 use super::Operator;
+use super::join_state::SideIndex;
 use crate::plan::{JoinKind, PhysExpr, TimeBounds};
-use crate::stream::rows::{RowCodec, decode_count, encode_count, push_len_prefixed, time_key};
+use crate::stream::rows::{RowCodec, push_len_prefixed, time_key};
 use crate::stream::state::StateTable;
 use crate::stream::{Changes, StateWrite, StreamResult};
 
-const ROWS_TAG: u8 = 0;
-const DEGREE_TAG: u8 = 1;
+/// Tags 0 and 1 (rows, degrees) belong to [`SideIndex`].
 const TIME_TAG: u8 = 2;
 
 pub struct JoinOp {
@@ -61,6 +62,9 @@ pub struct JoinOp {
     row_codecs: [RowCodec; 2],
     schemas: [SchemaRef; 2],
     out_schema: SchemaRef,
+    /// Each side's rows and degrees ([`SideIndex`]).
+    sides: [SideIndex; 2],
+    /// The interval join's time entries; the prefix and budget of all.
     state: StateTable,
     temporal: bool,
     /// Temporal joins: stream rows that arrived before the first barrier,
@@ -78,15 +82,7 @@ pub struct JoinOp {
     pending_watermarks: Vec<crate::stream::Watermark>,
     /// Per side: every row below this time is deleted already.
     expired: [Option<i64>; 2],
-    /// Per side: it had more than [`SMALL_SIDE_KEYS`] keys when last
-    /// looked at (this epoch), so its degrees are read key by key.
-    large: [bool; 2],
 }
-
-/// A side with at most this many join keys has all its degrees cached,
-/// so that looking up a key it lacks (most keys, when a stream meets a
-/// small aggregate) costs no RocksDB read and leaves nothing in the cache.
-const SMALL_SIDE_KEYS: usize = 16_384;
 
 impl JoinOp {
     pub fn new(
@@ -112,6 +108,7 @@ impl JoinOp {
             row_codecs: [RowCodec::new(&types(&input_schemas[0]))?, RowCodec::new(&types(&input_schemas[1]))?],
             schemas: input_schemas,
             out_schema,
+            sides: [SideIndex::new(0, state.budget().clone()), SideIndex::new(1, state.budget().clone())],
             state,
             temporal,
             held: temporal.then(Vec::new),
@@ -121,7 +118,6 @@ impl JoinOp {
             passed: [None, None],
             pending_watermarks: Vec::new(),
             expired: [None, None],
-            large: [false, false],
         })
     }
 
@@ -188,51 +184,14 @@ impl JoinOp {
             for (k, _) in expired {
                 let rest = &k[2 + 9..];
                 let (key, row) = crate::stream::rows::split_len_prefixed(rest)?;
-                let mut rk = Self::rows_prefix(side, key);
-                rk.extend_from_slice(row);
-                let count = match self.state.get(&rk)? {
-                    Some(v) => decode_count(&v)?,
-                    None => 0,
-                };
-                self.state.delete(rk);
-                let degree = self.degree(side, key)? - count;
-                let dk = Self::degree_key(side, key);
-                if degree > 0 {
-                    self.state.put(dk, encode_count(degree));
-                } else {
-                    self.state.delete(dk);
+                let count = self.sides[side].count(&self.state, key, row)?;
+                if count != 0 {
+                    self.sides[side].add(&self.state, key, row, -count)?;
                 }
                 self.state.delete(k);
             }
         }
         Ok(())
-    }
-
-    fn rows_prefix(side: usize, key: &[u8]) -> Vec<u8> {
-        let mut k = vec![side as u8, ROWS_TAG];
-        push_len_prefixed(&mut k, key);
-        k
-    }
-
-    fn degree_key(side: usize, key: &[u8]) -> Vec<u8> {
-        let mut k = vec![side as u8, DEGREE_TAG];
-        k.extend_from_slice(key);
-        k
-    }
-
-    fn degree(&mut self, side: usize, key: &[u8]) -> StreamResult<i64> {
-        let prefix = [side as u8, DEGREE_TAG];
-        if !self.large[side] && !self.state.is_complete(&prefix) {
-            if self.state.scan_prefix(&prefix, SMALL_SIDE_KEYS + 1)?.len() <= SMALL_SIDE_KEYS {
-                self.state.ensure_complete(&prefix)?;
-            } else {
-                self.large[side] = true;
-            }
-        }
-        match self.state.get_under(&prefix, &Self::degree_key(side, key))? {
-            Some(v) => decode_count(&v),
-            None => Ok(0),
-        }
     }
 
     /// Whether `side`'s rows appear in the output even without a match.
@@ -336,17 +295,11 @@ impl Operator for JoinOp {
 
         for key in order {
             let members = &groups[key];
-            let other_degree = self.degree(other, key)?;
-            let other_rows: Vec<(Vec<u8>, i64)> = if other_degree > 0 {
-                let prefix = Self::rows_prefix(other, key);
-                self.state
-                    .scan_all(&prefix)?
-                    .into_iter()
-                    .map(|(k, v)| Ok((k[prefix.len()..].to_vec(), decode_count(&v)?)))
-                    .collect::<StreamResult<_>>()?
-            } else {
-                Vec::new()
-            };
+            let other_degree = self.sides[other].degree(&self.state, key)?;
+            // The other side's rows, when they are output: matched with
+            // this side's (a semi or anti join outputs only one side's).
+            let mut other_rows =
+                if other_degree > 0 && emits && kept.is_none() { self.sides[other].rows(&self.state, key)? } else { Vec::new() };
             // This side's rows against the other side's state.
             for &i in members.iter().filter(|_| emits) {
                 let w = weights[i];
@@ -367,14 +320,14 @@ impl Operator for JoinOp {
                     }
                 }
             }
-            // Transitions of this side's degree change the other side's
-            // padded (outer) or kept (semi/anti) rows.
-            let before = self.degree(side, key)?;
-            let delta: i64 = members.iter().map(|&i| weights[i]).sum();
-            let after = before + delta;
             if !stores {
                 continue;
             }
+            // Transitions of this side's degree change the other side's
+            // padded (outer) or kept (semi/anti) rows.
+            let before = self.sides[side].degree(&self.state, key)?;
+            let delta: i64 = members.iter().map(|&i| weights[i]).sum();
+            let after = before + delta;
             if (before > 0) != (after > 0) && other_degree > 0 && !self.temporal {
                 let now_matched = after > 0;
                 let sign_for_other = match kept {
@@ -384,36 +337,18 @@ impl Operator for JoinOp {
                     None => None,
                 };
                 if let Some(sign) = sign_for_other {
+                    if other_rows.is_empty() {
+                        other_rows = self.sides[other].rows(&self.state, key)?;
+                    }
                     for (o, c) in &other_rows {
                         pairs.push(None, Some(o), sign * c);
                     }
                 }
             }
-            // Apply to this side's state (loaded once per key, so that
-            // each row's count needs no RocksDB read).
-            let prefix = Self::rows_prefix(side, key);
-            if before > 0 {
-                self.state.ensure_complete(&prefix)?;
-            } else {
-                self.state.mark_complete(&prefix);
-            }
+            // Apply to this side's state.
             for &i in members {
-                let mut k = prefix.clone();
-                k.extend_from_slice(rows.row(i));
-                let old = match self.state.get_under(&prefix, &k)? {
-                    Some(v) => decode_count(&v)?,
-                    None => 0,
-                };
-                let c = old + weights[i];
-                if c > 0 && old == 0 {
-                    // The prefix is complete: a key it lacks is not in
-                    // RocksDB either.
-                    self.state.put_new(k, encode_count(c));
-                } else if c > 0 {
-                    self.state.put(k, encode_count(c));
-                } else {
-                    self.state.delete(k);
-                }
+                let row = rows.row(i);
+                let (old, c) = self.sides[side].add(&self.state, key, row, weights[i])?;
                 if let Some(times) = &times
                     && (old > 0) != (c > 0)
                     && times.is_valid(i)
@@ -421,7 +356,7 @@ impl Operator for JoinOp {
                     let mut tk = vec![side as u8, TIME_TAG];
                     tk.extend_from_slice(&time_key(Some(times.value(i))));
                     push_len_prefixed(&mut tk, key);
-                    tk.extend_from_slice(rows.row(i));
+                    tk.extend_from_slice(row);
                     if c > 0 {
                         // The row was absent, so was its time entry.
                         self.state.put_new(tk, Vec::new());
@@ -430,13 +365,9 @@ impl Operator for JoinOp {
                     }
                 }
             }
-            let dk = Self::degree_key(side, key);
-            if after > 0 {
-                self.state.put(dk, encode_count(after));
-            } else {
-                self.state.delete(dk);
-            }
         }
+        self.sides[side].evict_if_needed();
+        self.state.evict_if_needed();
         self.state.evict_if_needed();
         self.build(side, &changes.batch, pairs)
     }
@@ -486,8 +417,12 @@ impl Operator for JoinOp {
         self.expire()?;
         self.pass_watermarks();
         // A side may have shrunk (watermark expiry): look again.
-        self.large = [false, false];
-        let writes = self.state.take_dirty(epoch);
+        let mut writes = self.state.take_dirty(epoch);
+        for side in &mut self.sides {
+            side.recount();
+            writes.extend(side.take_dirty(&self.state, epoch));
+            side.evict_if_needed();
+        }
         self.state.evict_if_needed();
         Ok((out, writes))
     }
@@ -593,8 +528,9 @@ mod tests {
         let passed = op.watermark(1, &wm(MINUTE)).unwrap();
         assert_eq!(passed.iter().map(|w| w.col).collect::<Vec<_>>(), vec![1], "only the left window column's");
         op.barrier(1).unwrap();
-        let left = op.state.scan_prefix(&[], usize::MAX).unwrap();
-        assert_eq!(left.len(), 3, "only order 3's row, degree and time entry stay: {left:?}");
+        let times = op.state.scan_prefix(&[], usize::MAX).unwrap();
+        assert_eq!(times.len(), 1, "only order 3's time entry stays: {times:?}");
+        assert_eq!((op.sides[0].live_rows(), op.sides[1].live_rows()), (1, 0), "and its row");
 
         // The open window still pads and matches.
         let out = op.process(1, batch(&side, &[(3, MINUTE)], 1)).unwrap();

@@ -8,6 +8,7 @@ pub mod aggregate;
 pub mod blackhole;
 pub mod delta_sink;
 pub mod join;
+pub mod join_state;
 pub mod map;
 pub mod materialize;
 pub mod session;
