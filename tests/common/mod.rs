@@ -124,9 +124,23 @@ impl TestServer {
 }
 
 /// Connects with a connection string and drives the connection on a task.
+///
+/// A refused or reset first connection is tried again a few times: CI
+/// once saw "Connection reset by peer" right after the server's port
+/// answered (cause not found); a server that is really down still fails.
 pub async fn connect(conn_str: &str) -> tokio_postgres::Client {
-    let (client, conn) =
-        tokio_postgres::connect(conn_str, tokio_postgres::NoTls).await.expect("connect to eddy");
+    let mut attempt = 0;
+    let (client, conn) = loop {
+        match tokio_postgres::connect(conn_str, tokio_postgres::NoTls).await {
+            Ok(c) => break c,
+            Err(e) if attempt < 5 && e.as_db_error().is_none() => {
+                attempt += 1;
+                eprintln!("connect to eddy failed ({e}); trying again");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("connect to eddy: {e}"),
+        }
+    };
     tokio::spawn(async move {
         let _ = conn.await;
     });
