@@ -81,6 +81,9 @@ pub struct Txn<'a> {
     /// Writes that no other closure reads through a `Txn` (operator state,
     /// view rows): straight into the batch, no staging.
     direct: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Lists of such writes, shared with a caller that may retry them
+    /// (a checkpoint): copied into the batch, never cloned.
+    shared: Vec<Arc<Vec<(Vec<u8>, Option<Vec<u8>>)>>>,
     logged: &'a mut HashSet<u64>,
     /// Values of logged-table keys read from RocksDB by this closure: the
     /// change log needs each key's value before the closure, and most
@@ -166,6 +169,11 @@ impl Txn<'_> {
     /// state): cheaper than [`Txn::put`], invisible to [`Txn::get`].
     pub fn put_direct(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
         self.direct.push((key, value));
+    }
+
+    /// [`Txn::put_direct`] for a shared list of writes, applied in order.
+    pub fn put_direct_all(&mut self, writes: Arc<Vec<(Vec<u8>, Option<Vec<u8>>)>>) {
+        self.shared.push(writes);
     }
 
     /// Appends a row (`+1`) of source `table_id` to the change log without
@@ -360,6 +368,7 @@ fn apply(db: &DB, group: &mut Group, req: Request, sync: &WriteOptions, log: &mu
         group: &group.overlay,
         staged: HashMap::default(),
         direct: Vec::new(),
+        shared: Vec::new(),
         ranges: Vec::new(),
         logged: &mut log.logged,
         preimages: Default::default(),
@@ -371,7 +380,7 @@ fn apply(db: &DB, group: &mut Group, req: Request, sync: &WriteOptions, log: &mu
     let work = req.work;
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&mut txn)))
         .unwrap_or_else(|_| Err(StateError::rejected("XX000", "internal error while writing; the statement was not applied")));
-    let Txn { staged, ranges, preimages, direct, appended, fresh, .. } = txn;
+    let Txn { staged, ranges, preimages, direct, shared, appended, fresh, .. } = txn;
     let preimages = preimages.into_inner();
     let result = result.and_then(|value| {
         log_entry(db, &group.overlay, &staged, &log.logged, &preimages, &appended, &fresh).map(|entry| (value, entry))
@@ -387,7 +396,7 @@ fn apply(db: &DB, group: &mut Group, req: Request, sync: &WriteOptions, log: &mu
             for (from, to) in &ranges {
                 group.batch.delete_range(from, to);
             }
-            for (k, v) in &direct {
+            for (k, v) in direct.iter().chain(shared.iter().flat_map(|w| w.iter())) {
                 match v {
                     Some(val) => group.batch.put(k, val),
                     None => group.batch.delete(k),

@@ -632,9 +632,7 @@ impl Coordinator {
             let result = self
                 .writer
                 .write(false, move |txn| {
-                    for (k, v) in batch.iter() {
-                        txn.put_direct(k.clone(), v.clone());
-                    }
+                    txn.put_direct_all(batch);
                     txn.put(keys::META_CHECKPOINT.to_vec(), record);
                     txn.delete_range(keys::log_key(0), keys::log_key(seq + 1));
                     Ok(0)

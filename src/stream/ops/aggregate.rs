@@ -660,6 +660,11 @@ impl AggregateOp {
                 }
                 let prefix = Self::multiset_prefix(j, group);
                 let mut touched = false;
+                // MIN/MAX: the extreme moves to a value that appears, or
+                // must be looked up only when the current one goes away.
+                let current = s.accs[j].value.clone();
+                let mut lost = false;
+                let mut best_new: Option<Vec<u8>> = None;
                 let entries = multisets[j].remove(&g).unwrap_or_default();
                 for (value, w) in entries {
                     if w == 0 {
@@ -680,11 +685,26 @@ impl AggregateOp {
                     if spec.kind == AggKind::CountDistinct {
                         s.accs[j].a += i64::from(after > 0) - i64::from(before > 0);
                     }
+                    if before > 0 && after <= 0 && current.as_deref() == Some(&value[..]) {
+                        lost = true;
+                    }
+                    if before <= 0 && after > 0 && best_new.as_ref().is_none_or(|b| value < *b) {
+                        best_new = Some(value);
+                    }
                     touched = true;
                 }
                 if touched && spec.kind != AggKind::CountDistinct {
-                    let first = self.state.scan_prefix(&prefix, 1)?;
-                    s.accs[j].value = first.into_iter().next().map(|(k, _)| k[prefix.len()..].to_vec());
+                    // Values are encoded so that the extreme sorts first.
+                    s.accs[j].value = match (current, lost) {
+                        (Some(cur), false) => Some(match best_new {
+                            Some(b) if b < cur => b,
+                            _ => cur,
+                        }),
+                        _ => {
+                            let first = self.state.scan_prefix(&prefix, 1)?;
+                            first.into_iter().next().map(|(k, _)| k[prefix.len()..].to_vec())
+                        }
+                    };
                 }
             }
             if s.rows < 0 {
