@@ -225,9 +225,12 @@ fn unique_columns(node: &PlanNode) -> Option<Vec<usize>> {
 
 /// A stored table's primary key, as positions among the columns it reads
 /// (a source stores nothing and guarantees nothing; a table without a
-/// primary key may hold equal rows).
+/// primary key may hold equal rows). Not for an APPEND ONLY table: one
+/// fed by a connector overwrites a repeated key, and with a watermark the
+/// retraction of the old row can be dropped as late, so its changes may
+/// bring two rows with one key.
 fn table_key(table: &crate::catalog::Table, projection: Option<&[usize]>) -> Option<Vec<usize>> {
-    if table.def.source || table.def.primary_key.is_empty() {
+    if table.def.source || table.def.primary_key.is_empty() || table.def.append_only || table.def.watermark.is_some() {
         return None;
     }
     table

@@ -368,7 +368,6 @@ impl Operator for JoinOp {
         }
         self.sides[side].evict_if_needed();
         self.state.evict_if_needed();
-        self.state.evict_if_needed();
         self.build(side, &changes.batch, pairs)
     }
 
