@@ -350,7 +350,7 @@ impl Coordinator {
             };
             self.dispatch(&entries).await?;
             self.read_seq = last;
-            let over_budget = self.budget.used_bytes.load(std::sync::atomic::Ordering::Relaxed) > self.budget.budget_bytes;
+            let over_budget = self.budget.over();
             if self.epoch_logged >= MAX_CHANGES_PER_EPOCH
                 || self.epoch_changes >= cap
                 || (self.epoch_changes >= MAX_CHANGES_PER_EPOCH && over_budget)

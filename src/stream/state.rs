@@ -38,6 +38,20 @@ impl CacheBudget {
     pub fn new(budget_bytes: usize) -> Arc<Self> {
         Arc::new(Self { budget_bytes, used_bytes: AtomicUsize::new(0), committed_epoch: AtomicU64::new(0) })
     }
+
+    /// Counts a cache growing by `add` bytes and shrinking by `sub`.
+    pub fn adjust(&self, add: usize, sub: usize) {
+        if add >= sub {
+            self.used_bytes.fetch_add(add - sub, Ordering::Relaxed);
+        } else {
+            let less = sub - add;
+            let _ = self.used_bytes.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| Some(u.saturating_sub(less)));
+        }
+    }
+
+    pub fn over(&self) -> bool {
+        self.used_bytes.load(Ordering::Relaxed) > self.budget_bytes
+    }
 }
 
 struct Entry {
@@ -86,6 +100,28 @@ impl EvictMemo {
     /// Records the outcome of a pass.
     pub fn record(&mut self, committed: u64, bytes: usize, still_over: bool) {
         self.0 = still_over.then_some((committed, bytes));
+    }
+
+    /// One eviction pass over a cache of `*bytes`, when the shared budget
+    /// is exceeded and a pass could free something: `evict(committed,
+    /// target)` drops clean entries whose checkpoint is durable (epoch at
+    /// or below `committed`) until `target` bytes (half the cache) are
+    /// freed, and returns how many were. The cache's count and the
+    /// budget are updated here.
+    pub fn pass(&mut self, budget: &CacheBudget, bytes: &mut usize, evict: impl FnOnce(u64, usize) -> usize) {
+        if !budget.over() {
+            return;
+        }
+        let committed = budget.committed_epoch.load(Ordering::Relaxed);
+        if !self.worth_trying(committed, *bytes) {
+            return;
+        }
+        let target = *bytes / 2;
+        let freed = evict(committed, target);
+        *bytes = bytes.saturating_sub(freed);
+        budget.adjust(0, freed);
+        // Only a pass that ran out of candidates is worth remembering.
+        self.record(committed, *bytes, budget.over() && freed < target);
     }
 }
 
@@ -175,11 +211,7 @@ impl StateTable {
 
     fn account(&mut self, add: usize, sub: usize) {
         self.bytes = (self.bytes + add).saturating_sub(sub);
-        if add >= sub {
-            self.budget.used_bytes.fetch_add(add - sub, Ordering::Relaxed);
-        } else {
-            self.budget.used_bytes.fetch_sub(sub - add, Ordering::Relaxed);
-        }
+        self.budget.adjust(add, sub);
     }
 
     /// The current value of `key`.
@@ -324,30 +356,37 @@ impl StateTable {
     /// the table's prefix), bypassing the cache: for operators that keep
     /// their own cache over the same keys.
     pub fn committed_keys(&self, from: &[u8], to: &[u8]) -> StreamResult<Vec<Vec<u8>>> {
-        Ok(self.committed_range(from, to, usize::MAX)?.into_iter().map(|(k, _)| k).collect())
+        let mut out = Vec::new();
+        self.committed_range(from, to, usize::MAX, |k, _| out.push(k.to_vec()))?;
+        Ok(out)
     }
 
     /// Like [`StateTable::committed_keys`], with values, for the keys
     /// under `prefix` (at most `limit` of them).
     pub fn committed_prefix(&self, prefix: &[u8], limit: usize) -> StreamResult<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.committed_range(prefix, &prefix_end(prefix), limit)
+        let mut out = Vec::new();
+        self.committed_range(prefix, &prefix_end(prefix), limit, |k, v| out.push((k.to_vec(), v.to_vec())))?;
+        Ok(out)
     }
 
-    fn committed_range(&self, from: &[u8], to: &[u8], limit: usize) -> StreamResult<Vec<(Vec<u8>, Vec<u8>)>> {
+    /// Visits up to `limit` stored `(key, value)` in `[from, to)`, keys
+    /// relative to the table's prefix.
+    fn committed_range(&self, from: &[u8], to: &[u8], limit: usize, mut visit: impl FnMut(&[u8], &[u8])) -> StreamResult<()> {
         let mut opts = rocksdb::ReadOptions::default();
         opts.set_iterate_upper_bound(self.full_key(to));
         let mut it = self.db.raw_iterator_opt(opts);
         it.seek(self.full_key(from));
         let plen = self.prefix.len();
-        let mut out = Vec::new();
-        while it.valid() && out.len() < limit {
+        let mut seen = 0;
+        while it.valid() && seen < limit {
             if let (Some(k), Some(v)) = (it.key(), it.value()) {
-                out.push((k[plen..].to_vec(), v.to_vec()));
+                visit(&k[plen..], v);
+                seen += 1;
             }
             it.next();
         }
         it.status().map_err(StateError::from)?;
-        Ok(out)
+        Ok(())
     }
 
     /// Hands this epoch's writes to the checkpoint and marks them clean.
@@ -391,35 +430,27 @@ impl StateTable {
 
     /// Evicts clean, durable entries while the shared budget is exceeded.
     pub fn evict_if_needed(&mut self) {
-        if self.budget.used_bytes.load(Ordering::Relaxed) <= self.budget.budget_bytes {
-            return;
-        }
-        let committed = self.budget.committed_epoch.load(Ordering::Relaxed);
-        if !self.evict_memo.worth_trying(committed, self.bytes) {
-            return;
-        }
-        let target = self.bytes / 2;
-        let mut freed = 0usize;
-        let mut victims = Vec::new();
-        for (k, e) in &self.cache {
-            if freed >= target {
-                break;
+        let (cache, complete) = (&mut self.cache, &mut self.complete);
+        self.evict_memo.pass(&self.budget, &mut self.bytes, |committed, target| {
+            let mut freed = 0usize;
+            let mut victims = Vec::new();
+            for (k, e) in cache.iter() {
+                if freed >= target {
+                    break;
+                }
+                if !e.dirty && e.epoch <= committed {
+                    freed += entry_size(k, &e.value);
+                    victims.push(k.clone());
+                }
             }
-            if !e.dirty && e.epoch <= committed {
-                freed += entry_size(k, &e.value);
-                victims.push(k.clone());
+            if !victims.is_empty() {
+                complete.clear();
             }
-        }
-        if !victims.is_empty() {
-            self.complete.clear();
-        }
-        for k in victims {
-            self.cache.remove(&k);
-        }
-        self.account(0, freed);
-        // Only a pass that ran out of candidates is worth remembering.
-        let over = self.budget.used_bytes.load(Ordering::Relaxed) > self.budget.budget_bytes && freed < target;
-        self.evict_memo.record(committed, self.bytes, over);
+            for k in victims {
+                cache.remove(&k);
+            }
+            freed
+        });
     }
 
     /// The full key range of this table, for deleting it.
@@ -430,7 +461,7 @@ impl StateTable {
 
 impl Drop for StateTable {
     fn drop(&mut self) {
-        self.budget.used_bytes.fetch_sub(self.bytes.min(self.budget.used_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
+        self.budget.adjust(0, self.bytes);
     }
 }
 

@@ -295,7 +295,7 @@ impl AggregateOp {
     fn cache_new(&mut self, group: &[u8], slot: Slot) {
         let size = slot_size(group, self.aggs.len(), self.window.is_some());
         self.bytes += size;
-        self.state.budget().used_bytes.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+        self.state.budget().adjust(size, 0);
         self.groups.insert(group.to_vec(), slot);
         if let Some(w) = &mut self.window {
             w.cached.insert(group.to_vec());
@@ -322,34 +322,25 @@ impl AggregateOp {
     fn evict_if_needed(&mut self) {
         self.state.evict_if_needed();
         let budget = self.state.budget().clone();
-        if budget.used_bytes.load(std::sync::atomic::Ordering::Relaxed) <= budget.budget_bytes {
-            return;
-        }
-        let committed = budget.committed_epoch.load(std::sync::atomic::Ordering::Relaxed);
-        if !self.evict_memo.worth_trying(committed, self.bytes) {
-            return;
-        }
-        let target = self.bytes / 2;
         let n_aggs = self.aggs.len();
-        let windowed = self.window.is_some();
-        let mut freed = 0usize;
-        self.groups.retain(|k, slot| {
-            if freed >= target || slot.dirty || slot.epoch > committed {
-                return true;
+        let (groups, window) = (&mut self.groups, &mut self.window);
+        let windowed = window.is_some();
+        self.evict_memo.pass(&budget, &mut self.bytes, |committed, target| {
+            let mut freed = 0usize;
+            groups.retain(|k, slot| {
+                if freed >= target || slot.dirty || slot.epoch > committed {
+                    return true;
+                }
+                freed += slot_size(k, n_aggs, windowed);
+                false
+            });
+            if let Some(w) = window
+                && freed > 0
+            {
+                w.cached.retain(|k| groups.contains_key(k));
             }
-            freed += slot_size(k, n_aggs, windowed);
-            false
+            freed
         });
-        if let Some(w) = &mut self.window
-            && freed > 0
-        {
-            w.cached.retain(|k| self.groups.contains_key(k));
-        }
-        self.bytes = self.bytes.saturating_sub(freed);
-        budget.used_bytes.fetch_sub(freed.min(budget.used_bytes.load(std::sync::atomic::Ordering::Relaxed)), std::sync::atomic::Ordering::Relaxed);
-        // Only a pass that ran out of candidates is worth remembering.
-        let over = budget.used_bytes.load(std::sync::atomic::Ordering::Relaxed) > budget.budget_bytes && freed < target;
-        self.evict_memo.record(committed, self.bytes, over);
     }
 
     /// One output value from a group's state (the general path).
@@ -901,11 +892,7 @@ impl AggregateOp {
             }
         }
         self.bytes = self.bytes.saturating_sub(freed);
-        let budget = self.state.budget().clone();
-        budget.used_bytes.fetch_sub(
-            freed.min(budget.used_bytes.load(std::sync::atomic::Ordering::Relaxed)),
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        self.state.budget().adjust(0, freed);
     }
 }
 

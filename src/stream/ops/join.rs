@@ -212,7 +212,8 @@ impl JoinOp {
 }
 
 /// Output rows under construction: each side is a row of the input batch,
-/// a stored row of the other side, or NULL.
+/// a stored row of the other side (kept once however many pairs use it),
+/// or NULL.
 struct Pairs {
     batch_idx: Vec<Option<u32>>,
     stored: Vec<Vec<u8>>,
@@ -225,15 +226,23 @@ impl Pairs {
         Self { batch_idx: Vec::new(), stored: Vec::new(), stored_idx: Vec::new(), weights: Vec::new() }
     }
 
-    fn push(&mut self, batch_row: Option<usize>, stored: Option<&[u8]>, weight: i64) {
+    /// Takes stored rows (with their multiplicities) for pairs to use:
+    /// their indexes, with the multiplicities.
+    fn keep(&mut self, rows: Vec<(Vec<u8>, i64)>) -> Vec<(u32, i64)> {
+        rows.into_iter()
+            .map(|(row, count)| {
+                self.stored.push(row);
+                ((self.stored.len() - 1) as u32, count)
+            })
+            .collect()
+    }
+
+    fn push(&mut self, batch_row: Option<usize>, stored: Option<u32>, weight: i64) {
         if weight == 0 {
             return;
         }
         self.batch_idx.push(batch_row.map(|r| r as u32));
-        self.stored_idx.push(stored.map(|s| {
-            self.stored.push(s.to_vec());
-            (self.stored.len() - 1) as u32
-        }));
+        self.stored_idx.push(stored);
         self.weights.push(weight);
     }
 }
@@ -298,8 +307,11 @@ impl Operator for JoinOp {
             let other_degree = self.sides[other].degree(&self.state, key)?;
             // The other side's rows, when they are output: matched with
             // this side's (a semi or anti join outputs only one side's).
-            let mut other_rows =
-                if other_degree > 0 && emits && kept.is_none() { self.sides[other].rows(&self.state, key)? } else { Vec::new() };
+            let mut other_rows = if other_degree > 0 && emits && kept.is_none() {
+                pairs.keep(self.sides[other].rows(&self.state, key)?)
+            } else {
+                Vec::new()
+            };
             // This side's rows against the other side's state.
             for &i in members.iter().filter(|_| emits) {
                 let w = weights[i];
@@ -311,7 +323,7 @@ impl Operator for JoinOp {
                     }
                     Some(_) => {}
                     None => {
-                        for (o, c) in &other_rows {
+                        for &(o, c) in &other_rows {
                             pairs.push(Some(i), Some(o), w * c);
                         }
                         if other_degree == 0 && self.preserved(side) {
@@ -338,9 +350,9 @@ impl Operator for JoinOp {
                 };
                 if let Some(sign) = sign_for_other {
                     if other_rows.is_empty() {
-                        other_rows = self.sides[other].rows(&self.state, key)?;
+                        other_rows = pairs.keep(self.sides[other].rows(&self.state, key)?);
                     }
-                    for (o, c) in &other_rows {
+                    for &(o, c) in &other_rows {
                         pairs.push(None, Some(o), sign * c);
                     }
                 }

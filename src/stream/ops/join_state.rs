@@ -16,7 +16,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use crate::stream::rows::{decode_count, encode_count, push_len_prefixed};
 use crate::stream::state::{CacheBudget, EvictMemo, StateTable};
@@ -124,12 +123,7 @@ impl SideIndex {
 
     fn account(&mut self, add: usize, sub: usize) {
         self.bytes = (self.bytes + add).saturating_sub(sub);
-        if add >= sub {
-            self.budget.used_bytes.fetch_add(add - sub, Ordering::Relaxed);
-        } else {
-            let used = self.budget.used_bytes.load(Ordering::Relaxed);
-            self.budget.used_bytes.fetch_sub((sub - add).min(used), Ordering::Relaxed);
-        }
+        self.budget.adjust(add, sub);
     }
 
     fn insert_slot(&mut self, key: &[u8], slot: Slot) {
@@ -226,7 +220,9 @@ impl SideIndex {
     /// Adds `delta` to the multiplicity of `row` under `key` and to the
     /// key's degree; returns the row's multiplicity before and after.
     pub fn add(&mut self, state: &StateTable, key: &[u8], row: &[u8], delta: i64) -> StreamResult<(i64, i64)> {
-        self.load_rows(state, key)?;
+        if !self.slots.get(key).is_some_and(|s| s.rows.is_some()) {
+            self.load_rows(state, key)?;
+        }
         let slot = self.slots.get_mut(key).ok_or_else(|| StreamError::Corrupt("join key slot".into()))?;
         let rows = slot.rows.as_mut().ok_or_else(|| StreamError::Corrupt("join rows".into()))?;
         let mut added = 0;
@@ -261,7 +257,7 @@ impl SideIndex {
         let mut freed = 0;
         for key in std::mem::take(&mut self.dirty) {
             let degree_key = state.full_key(&self.degree_key(&key));
-            let prefix = self.rows_prefix(&key);
+            let prefix = state.full_key(&self.rows_prefix(&key));
             let Some(slot) = self.slots.get_mut(&key) else { continue };
             slot.dirty = false;
             slot.epoch = epoch;
@@ -276,14 +272,15 @@ impl SideIndex {
             for row in std::mem::take(&mut slot.changed) {
                 let Some(r) = rows.get_mut(&row) else { continue };
                 r.dirty = false;
-                let mut k = prefix.clone();
+                let mut k = Vec::with_capacity(prefix.len() + row.len());
+                k.extend_from_slice(&prefix);
                 k.extend_from_slice(&row);
                 if r.count > 0 {
                     r.durable = true;
-                    writes.push((state.full_key(&k), Some(encode_count(r.count))));
+                    writes.push((k, Some(encode_count(r.count))));
                 } else {
                     if r.durable {
-                        writes.push((state.full_key(&k), None));
+                        writes.push((k, None));
                     }
                     rows.remove(&row);
                     let size = row.len() + ROW_OVERHEAD;
@@ -299,28 +296,21 @@ impl SideIndex {
     /// Drops clean keys whose checkpoint is durable while the shared
     /// budget is exceeded.
     pub fn evict_if_needed(&mut self) {
-        if self.budget.used_bytes.load(Ordering::Relaxed) <= self.budget.budget_bytes {
-            return;
-        }
-        let committed = self.budget.committed_epoch.load(Ordering::Relaxed);
-        if !self.evict_memo.worth_trying(committed, self.bytes) {
-            return;
-        }
-        let target = self.bytes / 2;
-        let mut freed = 0usize;
-        self.slots.retain(|_, slot| {
-            if freed >= target || slot.dirty || slot.epoch > committed {
-                return true;
+        let (slots, complete) = (&mut self.slots, &mut self.complete);
+        self.evict_memo.pass(&self.budget, &mut self.bytes, |committed, target| {
+            let mut freed = 0usize;
+            slots.retain(|_, slot| {
+                if freed >= target || slot.dirty || slot.epoch > committed {
+                    return true;
+                }
+                freed += slot.bytes;
+                false
+            });
+            if freed > 0 {
+                *complete = false;
             }
-            freed += slot.bytes;
-            false
+            freed
         });
-        if freed > 0 {
-            self.complete = false;
-        }
-        self.account(0, freed);
-        let over = self.budget.used_bytes.load(Ordering::Relaxed) > self.budget.budget_bytes && freed < target;
-        self.evict_memo.record(committed, self.bytes, over);
     }
 
     /// Forgets the count of keys made at the last barrier: a side may have
@@ -338,13 +328,14 @@ impl SideIndex {
 
 impl Drop for SideIndex {
     fn drop(&mut self) {
-        let used = self.budget.used_bytes.load(Ordering::Relaxed);
-        self.budget.used_bytes.fetch_sub(self.bytes.min(used), Ordering::Relaxed);
+        self.budget.adjust(0, self.bytes);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
+
     use super::*;
 
     fn open() -> (tempfile::TempDir, Arc<rocksdb::DB>) {
