@@ -9,7 +9,8 @@
 //! 3. `incremental`: one batch of 1,000 changes (UPDATE + FLUSH) to a
 //!    GROUP BY view over a large table vs. over a 10k-row table.
 //! 4. `memory`: a view with one group per row (many millions of groups);
-//!    the server's peak RSS against its `state_cache_mb`.
+//!    the server's peak RSS against its `state_cache_mb`, and every 10 s
+//!    where it goes (`eddy_catalog.memory`).
 //!
 //! Run: `cargo bench --bench views` (all parts) or `cargo bench --bench
 //! views -- operator server` (some). Sizes: EDDY_BENCH_ROWS (server part,
@@ -254,6 +255,24 @@ async fn memory() {
             }
         })
     };
+    // Every 10 s, where the memory goes (eddy_catalog.memory), in MB.
+    let breakdown = {
+        let stop = stop.clone();
+        let c2 = connect(server.port).await;
+        tokio::spawn(async move {
+            let t = Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                if let Ok(rows) = c2.query("SELECT component, bytes FROM eddy_catalog.memory", &[]).await {
+                    let parts: Vec<String> = rows
+                        .iter()
+                        .map(|r| format!("{} {:.0}", r.get::<_, String>(0), r.get::<_, Option<i64>>(1).unwrap_or(0) as f64 / 1048576.0))
+                        .collect();
+                    eprintln!("memory at {:.0} s (MB): {}", t.elapsed().as_secs_f64(), parts.join(", "));
+                }
+            }
+        })
+    };
     let t = Instant::now();
     // Streaming-sized statements (a COPY statement is buffered whole, so
     // 500k-row statements would measure COPY's buffers, not view state).
@@ -261,6 +280,7 @@ async fn memory() {
     c.batch_execute("FLUSH").await.expect("flush");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = sampler.join();
+    breakdown.abort();
     let n = c.query_one("SELECT count(*) FROM per_id", &[]).await.expect("count").get::<_, i64>(0);
     let peak = peak.lock().map(|p| *p).unwrap_or(0.0);
     println!(

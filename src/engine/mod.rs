@@ -135,7 +135,7 @@ impl Engine {
             )?;
         }
         let connectors = Arc::new(crate::connector::kafka::Connectors::default());
-        db_catalog.register_schema(system::SYSTEM_SCHEMA, Arc::new(system::SystemSchema::new(connectors.metrics.clone()).with_stream(&stream)))?;
+        db_catalog.register_schema(system::SYSTEM_SCHEMA, Arc::new(system::SystemSchema::new(connectors.metrics.clone()).with_stream(&stream).with_db(store.db().clone())))?;
         ctx.register_catalog(DATABASE, db_catalog);
         pg::install(&ctx, catalog.clone())?;
         for f in crate::plan::session::functions() {

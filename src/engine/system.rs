@@ -13,6 +13,12 @@
 //!   error.
 //! - `watermarks`: per source or table with a `WATERMARK FOR`, its column,
 //!   the watermark as of the last checkpoint and the rows dropped as late.
+//! - `memory`: where the server's memory goes, one row per component with
+//!   its bytes: the process's resident set, glibc's heap (in use and held:
+//!   RocksDB's and librdkafka's allocations), mimalloc's committed memory
+//!   (the binary's Rust allocations), the operators' state cache
+//!   (its own estimate, next to its budget), and RocksDB's memtables,
+//!   table readers (index and bloom filter blocks) and block cache.
 //!
 //! Each read is a snapshot of in-memory counters (they restart at zero
 //! with the server; offsets themselves are durable).
@@ -28,23 +34,81 @@ use datafusion::error::Result;
 use crate::connector::metrics::Metrics;
 
 pub const SYSTEM_SCHEMA: &str = "eddy_catalog";
-const TABLES: &[&str] = &["kafka_source_partitions", "kafka_source_errors", "kafka_sinks", "watermarks"];
+const TABLES: &[&str] = &["kafka_source_partitions", "kafka_source_errors", "kafka_sinks", "watermarks", "memory"];
 
-#[derive(Debug)]
 pub struct SystemSchema {
     metrics: Arc<Metrics>,
     watermarks: Option<crate::stream::watermark::WatermarkStatuses>,
+    budget: Option<Arc<crate::stream::state::CacheBudget>>,
+    db: Option<Arc<rocksdb::DB>>,
+}
+
+impl std::fmt::Debug for SystemSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SystemSchema").finish_non_exhaustive()
+    }
 }
 
 impl SystemSchema {
     pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics, watermarks: None }
+        Self { metrics, watermarks: None, budget: None, db: None }
     }
 
-    /// Also answers `watermarks` from the stream runtime.
+    /// Also answers `watermarks` and the state cache's row of `memory`
+    /// from the stream runtime.
     pub fn with_stream(mut self, stream: &crate::stream::StreamRuntime) -> Self {
         self.watermarks = Some(stream.watermark_statuses());
+        self.budget = Some(stream.cache_budget());
         self
+    }
+
+    /// Also answers RocksDB's rows of `memory`.
+    pub fn with_db(mut self, db: Arc<rocksdb::DB>) -> Self {
+        self.db = Some(db);
+        self
+    }
+
+    /// `memory`'s rows: (component, bytes, note).
+    fn memory_rows(&self) -> Vec<(String, Option<i64>, Option<String>)> {
+        let mut rows = vec![("process_rss".to_string(), process_rss(), None)];
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        {
+            // SAFETY: mallinfo2 only reads glibc's allocator counters.
+            let m = unsafe { libc::mallinfo2() };
+            let note = "glibc malloc: RocksDB and librdkafka (the eddy binary's Rust allocations go to mimalloc)";
+            rows.push(("c_heap_in_use".into(), Some((m.uordblks + m.hblkhd) as i64), Some(note.into())));
+            rows.push(("c_heap_held".into(), Some((m.arena + m.hblkhd) as i64), Some(note.into())));
+        }
+        let mut commit = 0usize;
+        // SAFETY: every out-parameter but one is null (mimalloc skips those).
+        unsafe {
+            let null = std::ptr::null_mut();
+            libmimalloc_sys::mi_process_info(null, null, null, null, null, &mut commit, null, null);
+        }
+        rows.push((
+            "rust_heap_committed".into(),
+            Some(commit as i64),
+            Some("mimalloc's committed memory: the eddy binary's Rust allocations".into()),
+        ));
+        if let Some(b) = &self.budget {
+            let used = b.used_bytes.load(std::sync::atomic::Ordering::Relaxed);
+            rows.push((
+                "state_cache".into(),
+                Some(used as i64),
+                Some(format!("estimate; budget {} bytes (state_cache_mb)", b.budget_bytes)),
+            ));
+        }
+        if let Some(db) = &self.db {
+            for (name, property, note) in [
+                ("rocksdb_memtables", "rocksdb.cur-size-all-mem-tables", "active and immutable memtables"),
+                ("rocksdb_table_readers", "rocksdb.estimate-table-readers-mem", "index and bloom filter blocks of open SST files"),
+                ("rocksdb_block_cache", "rocksdb.block-cache-usage", "decompressed data blocks"),
+            ] {
+                let bytes = db.property_int_value(property).ok().flatten().map(|v| v as i64);
+                rows.push((name.into(), bytes, Some(note.into())));
+            }
+        }
+        rows
     }
 
     fn build(&self, name: &str) -> Result<Option<RecordBatch>> {
@@ -192,10 +256,33 @@ impl SystemSchema {
                     ],
                 )?
             }
+            "memory" => {
+                let rows = self.memory_rows();
+                let schema = Arc::new(Schema::new(vec![
+                    Field::new("component", DataType::Utf8, false),
+                    Field::new("bytes", DataType::Int64, true),
+                    Field::new("note", DataType::Utf8, true),
+                ]));
+                RecordBatch::try_new(
+                    schema,
+                    vec![
+                        s(rows.iter().map(|r| r.0.clone()).collect()),
+                        i64s(rows.iter().map(|r| r.1).collect()),
+                        so(rows.iter().map(|r| r.2.clone()).collect()),
+                    ],
+                )?
+            }
             _ => return Ok(None),
         };
         Ok(Some(batch))
     }
+}
+
+/// The resident set of this process, from `/proc/self/statm` (Linux).
+fn process_rss() -> Option<i64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: i64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
 }
 
 #[async_trait]

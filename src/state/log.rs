@@ -74,14 +74,20 @@ pub fn generated_range(row: &[u8]) -> StateResult<(u64, u32)> {
     Ok((u64::from_le_bytes(from), u32::from_le_bytes(n)))
 }
 
-/// The rows an entry stands for when it is a generated range (without
-/// decoding the entry); `None` for an entry of rows.
-pub fn generated_rows(entry: &[u8]) -> Option<u64> {
-    let mut changes = decode_entry(entry);
-    match (changes.next(), changes.next()) {
-        (Some(Ok(c)), None) if c.weight == i64::from(GENERATED) => generated_range(c.row).ok().map(|(_, n)| u64::from(n)),
-        _ => None,
+/// The rows an entry stands for, without decoding them: `(generated,
+/// logged)`, the rows of its generated ranges and its row changes (only
+/// the headers are read; watermark markers are not rows).
+pub fn entry_rows(entry: &[u8]) -> (u64, u64) {
+    let (mut generated, mut logged) = (0u64, 0u64);
+    for change in decode_entry(entry) {
+        let Ok(c) = change else { break };
+        if c.weight == i64::from(GENERATED) {
+            generated += generated_range(c.row).map_or(0, |(_, n)| u64::from(n));
+        } else if c.weight != i64::from(WATERMARK) {
+            logged += 1;
+        }
     }
+    (generated, logged)
 }
 
 /// One row change read back from an entry.
@@ -139,10 +145,10 @@ mod tests {
         assert_eq!(changes[2].weight, i64::from(GENERATED));
         assert_eq!(generated_range(changes[2].row).expect("range"), (1 << 40, 7));
         assert!(LogEntryBuilder::default().finish().is_none());
-        // Only an entry that is one range counts as generated rows.
-        assert_eq!(generated_rows(&entry), None);
+        assert_eq!(entry_rows(&entry), (7, 2));
         let mut r = LogEntryBuilder::default();
         r.push(9, GENERATED, &encode_range(5, 16_384));
-        assert_eq!(generated_rows(&r.finish().expect("entry")), Some(16_384));
+        r.push(9, WATERMARK, &7i64.to_le_bytes());
+        assert_eq!(entry_rows(&r.finish().expect("entry")), (16_384, 0));
     }
 }

@@ -258,6 +258,9 @@ pub fn spawn(db: Arc<DB>, group_max: usize, last_seq: u64) -> WriterHandle {
     WriterHandle { tx, committed }
 }
 
+/// A write whose batch would pass this size reserves it whole.
+const RESERVE_FROM_BYTES: usize = 1 << 20;
+
 /// The writer thread's change-log state.
 struct Log {
     next_seq: u64,
@@ -387,6 +390,20 @@ fn apply(db: &DB, group: &mut Group, req: Request, sync: &WriteOptions, log: &mu
     });
     match result {
         Ok((value, entry)) => {
+            if group.batch.is_empty() {
+                // A large write (a checkpoint, a bulk COPY) gets its batch
+                // in one allocation: grown by doubling, the batch's buffer
+                // was copied into fresh pages over and over (the writer
+                // thread's main source of page faults).
+                let put = |k: &[u8], v: Option<&Vec<u8>>| k.len() + v.map_or(0, Vec::len) + 11;
+                let needed = entry.as_ref().map_or(0, |e| e.len() + 24)
+                    + direct.iter().chain(shared.iter().flat_map(|w| w.iter())).map(|(k, v)| put(k, v.as_ref())).sum::<usize>()
+                    + staged.iter().map(|(k, v)| put(k, v.as_ref())).sum::<usize>()
+                    + fresh.iter().map(|(k, v)| put(k, Some(v))).sum::<usize>();
+                if needed > RESERVE_FROM_BYTES {
+                    group.batch = WriteBatch::with_capacity_bytes(needed + 12);
+                }
+            }
             if let Some(entry) = entry {
                 let seq = log.next_seq;
                 log.next_seq += 1;

@@ -42,7 +42,7 @@ use super::{Ack, Changes, Message, StateWrite, StreamError, StreamResult, Waterm
 use crate::catalog::{Catalog, MvDef, Table};
 use crate::plan::StreamPlan;
 use crate::state::keys::{self, prefix_end};
-use crate::state::log::{GENERATED, WATERMARK, decode_entry, generated_range, generated_rows, watermark_value};
+use crate::state::log::{GENERATED, WATERMARK, decode_entry, entry_rows, generated_range, watermark_value};
 use crate::state::row::RowDecoder;
 use crate::state::{Checkpoint, StateError, Store, WriterHandle};
 
@@ -117,6 +117,7 @@ pub struct StreamRuntime {
     failures: Arc<Mutex<HashMap<u64, FailureSlot>>>,
     epochs: watch::Receiver<u64>,
     watermarks: WatermarkStatuses,
+    budget: Arc<CacheBudget>,
 }
 
 impl StreamRuntime {
@@ -139,7 +140,7 @@ impl StreamRuntime {
             db: store.db().clone(),
             writer: store.writer().clone(),
             catalog,
-            budget,
+            budget: budget.clone(),
             graphs: BTreeMap::new(),
             acks_tx,
             acks_rx,
@@ -155,7 +156,7 @@ impl StreamRuntime {
             epoch_logged: 0,
         };
         tokio::spawn(coordinator.run(cmd_rx));
-        Ok(Self { cmd, writer: store.writer().clone(), failures, epochs, watermarks })
+        Ok(Self { cmd, writer: store.writer().clone(), failures, epochs, watermarks, budget })
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> StreamResult<T> {
@@ -201,6 +202,11 @@ impl StreamRuntime {
     /// Every table's watermark and late-row count (for `eddy_catalog.watermarks`).
     pub fn watermark_statuses(&self) -> WatermarkStatuses {
         self.watermarks.clone()
+    }
+
+    /// The operators' shared state cache budget (its estimated use).
+    pub fn cache_budget(&self) -> Arc<CacheBudget> {
+        self.budget.clone()
     }
 
     /// Why a view stopped changing, if it did.
@@ -342,8 +348,9 @@ impl Coordinator {
             false => GENERATED_ROWS_PER_READ,
         };
         while self.read_seq < target {
-            let budget = GENERATED_ROWS_PER_READ.min(cap.saturating_sub(self.epoch_changes)).max(1) as u64;
-            let entries = self.read_entries(target, budget)?;
+            let generated = GENERATED_ROWS_PER_READ.min(cap.saturating_sub(self.epoch_changes)).max(1) as u64;
+            let logged = MAX_CHANGES_PER_EPOCH.saturating_sub(self.epoch_logged).max(1) as u64;
+            let entries = self.read_entries(target, generated, logged)?;
             let Some(&(last, _)) = entries.last() else {
                 self.read_seq = target;
                 break;
@@ -362,27 +369,31 @@ impl Coordinator {
     }
 
     /// Reads log entries after `read_seq` up to `target`: at most
-    /// [`LOG_ENTRIES_PER_READ`] entries of [`LOG_BYTES_PER_READ`] bytes, and
-    /// generated ranges of at most `rows` rows (a range entry is a few bytes
-    /// but stands for thousands of rows: without this bound one read would
-    /// make a whole bounded source's rows in one epoch). At least one entry
-    /// is read.
-    fn read_entries(&self, target: u64, rows: u64) -> StreamResult<Vec<(u64, Vec<u8>)>> {
+    /// [`LOG_ENTRIES_PER_READ`] entries of [`LOG_BYTES_PER_READ`] bytes,
+    /// generated ranges of at most `generated` rows (a range entry is a few
+    /// bytes but stands for thousands of rows: without this bound one read
+    /// would make a whole bounded source's rows in one epoch) and at most
+    /// `logged` row changes (the rest of the epoch's
+    /// [`MAX_CHANGES_PER_EPOCH`]: 16 MB of narrow rows are over half a
+    /// million changes, and an epoch's dirty state and checkpoint write
+    /// grow with them). At least one entry is read.
+    fn read_entries(&self, target: u64, generated: u64, logged: u64) -> StreamResult<Vec<(u64, Vec<u8>)>> {
         let mut opts = rocksdb::ReadOptions::default();
         opts.set_iterate_upper_bound(keys::log_key(target + 1));
         let mut it = self.db.raw_iterator_opt(opts);
         it.seek(keys::log_key(self.read_seq + 1));
         let mut out = Vec::new();
-        let mut bytes = 0usize;
-        let mut generated = 0u64;
+        let (mut bytes, mut rows, mut changes) = (0usize, 0u64, 0u64);
         while it.valid()
             && out.len() < LOG_ENTRIES_PER_READ
-            && (out.is_empty() || (bytes < LOG_BYTES_PER_READ && generated < rows))
+            && (out.is_empty() || (bytes < LOG_BYTES_PER_READ && rows < generated && changes < logged))
         {
             let (Some(k), Some(v)) = (it.key(), it.value()) else { break };
             if let Some(seq) = keys::log_seq(k) {
                 bytes += v.len();
-                generated += generated_rows(v).unwrap_or(0);
+                let (g, l) = entry_rows(v);
+                rows += g;
+                changes += l;
                 out.push((seq, v.to_vec()));
             }
             it.next();
