@@ -73,7 +73,9 @@ impl SystemSchema {
         let mut rows = vec![("process_rss".to_string(), process_rss(), None)];
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
         {
-            // SAFETY: mallinfo2 only reads glibc's allocator counters.
+            // SAFETY: mallinfo2 only reads glibc's allocator counters (it
+            // needs glibc 2.33, Debian 12's is 2.36; it walks each arena's
+            // free lists under its lock: fine for a diagnostic query).
             let m = unsafe { libc::mallinfo2() };
             let note = "glibc malloc: RocksDB and librdkafka (the eddy binary's Rust allocations go to mimalloc)";
             rows.push(("c_heap_in_use".into(), Some((m.uordblks + m.hblkhd) as i64), Some(note.into())));
@@ -278,11 +280,11 @@ impl SystemSchema {
     }
 }
 
-/// The resident set of this process, from `/proc/self/statm` (Linux).
+/// The resident set of this process, from `/proc/self/status` (Linux).
 fn process_rss() -> Option<i64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: i64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: i64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 #[async_trait]

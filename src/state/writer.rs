@@ -399,7 +399,8 @@ fn apply(db: &DB, group: &mut Group, req: Request, sync: &WriteOptions, log: &mu
                 let needed = entry.as_ref().map_or(0, |e| e.len() + 24)
                     + direct.iter().chain(shared.iter().flat_map(|w| w.iter())).map(|(k, v)| put(k, v.as_ref())).sum::<usize>()
                     + staged.iter().map(|(k, v)| put(k, v.as_ref())).sum::<usize>()
-                    + fresh.iter().map(|(k, v)| put(k, Some(v))).sum::<usize>();
+                    + fresh.iter().map(|(k, v)| put(k, Some(v))).sum::<usize>()
+                    + ranges.iter().map(|(from, to)| from.len() + to.len() + 11).sum::<usize>();
                 if needed > RESERVE_FROM_BYTES {
                     group.batch = WriteBatch::with_capacity_bytes(needed + 12);
                 }
