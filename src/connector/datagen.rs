@@ -99,6 +99,7 @@ pub fn fix_options(options: &mut BTreeMap<String, String>, columns: &[ColumnDef]
 }
 
 /// splitmix64's finalizer: a bijection that scatters nearby inputs.
+#[inline]
 fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -111,12 +112,70 @@ fn draw(seed: u64, i: u64) -> u64 {
 }
 
 /// A uniform integer in `[min, max]`.
+#[cfg(test)]
 fn draw_range(seed: u64, i: u64, min: i128, max: i128) -> i128 {
     let span = (max - min) as u128 + 1;
     match u64::try_from(span) {
         // The same value, without a 128-bit division.
         Ok(span) => min + i128::from(draw(seed, i) % span),
         Err(_) => min + (u128::from(draw(seed, i)) % span) as i128,
+    }
+}
+
+/// [`draw_range`] for many rows: the same values, with the remainder by
+/// the span computed by multiplications ([`FastMod`]), not a division per
+/// row (a 64-bit division was most of the cost of a random column).
+#[derive(Clone, Copy)]
+struct RangeDraw {
+    /// `draw`'s first mix of the seed, made once.
+    seeded: u64,
+    min: i128,
+    /// `None`: the span is 2^64 or more (taken by a 128-bit remainder).
+    span: Option<FastMod>,
+    wide_span: u128,
+}
+
+impl RangeDraw {
+    fn new(seed: u64, min: i128, max: i128) -> Self {
+        let wide_span = (max - min) as u128 + 1;
+        let seeded = mix(seed.wrapping_add(GOLDEN));
+        Self { seeded, min, span: u64::try_from(wide_span).ok().map(FastMod::new), wide_span }
+    }
+
+    #[inline]
+    fn at(&self, i: u64) -> i128 {
+        // `draw(seed, i)`.
+        let word = mix(self.seeded ^ i.wrapping_mul(GOLDEN));
+        match self.span {
+            Some(m) => self.min + i128::from(m.rem(word)),
+            None => self.min + (u128::from(word) % self.wide_span) as i128,
+        }
+    }
+}
+
+/// `x % d` for a fixed `d > 0` without a division: Lemire, Kaser and
+/// Kurz, "Faster remainder by direct computation" (2019), exact for every
+/// 64-bit `x` with a 128-bit magic number `m = ceil(2^128 / d)`.
+#[derive(Clone, Copy)]
+struct FastMod {
+    d: u64,
+    m: u128,
+}
+
+impl FastMod {
+    fn new(d: u64) -> Self {
+        // d = 1: m wraps to 0 and every remainder is 0, as it should be.
+        Self { d, m: (u128::MAX / u128::from(d.max(1))).wrapping_add(1) }
+    }
+
+    #[inline]
+    fn rem(self, x: u64) -> u64 {
+        let low = self.m.wrapping_mul(u128::from(x));
+        let d = u128::from(self.d);
+        // The top 64 bits of the 192-bit product low × d.
+        let hi = (low >> 64) * d;
+        let lo = ((low & u128::from(u64::MAX)) * d) >> 64;
+        ((hi + lo) >> 64) as u64
     }
 }
 
@@ -305,20 +364,35 @@ impl Generator {
         Ok(RecordBatch::try_new_with_options(self.schema.clone(), arrays, &options)?)
     }
 
-    /// The event time of row `i` before any lag: `start + i × 1 s / rate`.
-    fn event_time(&self, start: i64, i: u64) -> i64 {
-        let offset = match i.checked_mul(1_000_000) {
-            Some(scaled) => u128::from(scaled / self.rows_per_second),
-            None => u128::from(i) * 1_000_000 / u128::from(self.rows_per_second),
-        };
-        start.saturating_add(i64::try_from(offset).unwrap_or(i64::MAX))
+    /// The event times of `rows` before any lag: `start + i × 1 s / rate`
+    /// for each row `i`, exactly, with one division for the first row and
+    /// additions for the rest (quotient and remainder step by those of
+    /// 1 s / rate).
+    fn event_times(&self, start: i64, rows: std::ops::Range<u64>) -> impl Iterator<Item = i64> {
+        let rate = u128::from(self.rows_per_second.max(1));
+        let first = u128::from(rows.start) * 1_000_000;
+        let (mut q, mut r) = (first / rate, first % rate);
+        let (step_q, step_r) = (1_000_000 / rate, 1_000_000 % rate);
+        rows.map(move |_| {
+            let t = start.saturating_add(i64::try_from(q).unwrap_or(i64::MAX));
+            q += step_q;
+            r += step_r;
+            if r >= rate {
+                r -= rate;
+                q += 1;
+            }
+            t
+        })
     }
 
     fn column(&self, ty: &SqlType, g: &Gen, rows: std::ops::Range<u64>) -> ConnectorResult<ArrayRef> {
         let ints = |rows: std::ops::Range<u64>| -> Vec<i128> {
             match g {
                 Gen::Sequence { start, step } => rows.map(|i| start + i128::from(i) * step).collect(),
-                Gen::Random { min, max, seed } => rows.map(|i| draw_range(*seed, i, *min, *max)).collect(),
+                Gen::Random { min, max, seed } => {
+                    let d = RangeDraw::new(*seed, *min, *max);
+                    rows.map(|i| d.at(i)).collect()
+                }
                 _ => Vec::new(),
             }
         };
@@ -331,12 +405,11 @@ impl Generator {
         };
         let times = |rows: std::ops::Range<u64>| -> Vec<i64> {
             match g {
-                Gen::Time { start, max_past, seed } => rows
-                    .map(|i| {
-                        let lag = if *max_past > 0 { draw_range(*seed, i, 0, i128::from(*max_past)) as i64 } else { 0 };
-                        self.event_time(*start, i).saturating_sub(lag)
-                    })
-                    .collect(),
+                Gen::Time { start, max_past, seed } if *max_past > 0 => {
+                    let lag = RangeDraw::new(*seed, 0, i128::from(*max_past));
+                    rows.clone().zip(self.event_times(*start, rows)).map(|(i, t)| t.saturating_sub(lag.at(i) as i64)).collect()
+                }
+                Gen::Time { start, .. } => self.event_times(*start, rows).collect(),
                 _ => Vec::new(),
             }
         };
@@ -403,7 +476,10 @@ fn ints_of<T>(g: &Gen, rows: std::ops::Range<u64>, lo: i128, hi: i128, cast: imp
             }
             Some(rows.map(|i| cast(at(i))).collect())
         }
-        Gen::Random { min, max, seed } => (fits(*min) && fits(*max)).then(|| rows.map(|i| cast(draw_range(*seed, i, *min, *max))).collect()),
+        Gen::Random { min, max, seed } => (fits(*min) && fits(*max)).then(|| {
+            let d = RangeDraw::new(*seed, *min, *max);
+            rows.map(|i| cast(d.at(i))).collect()
+        }),
         _ => Some(Vec::new()),
     }
 }
@@ -741,6 +817,43 @@ mod tests {
         let bools = b.column(6).as_boolean();
         assert!(bools.true_count() > 400 && bools.true_count() < 600, "{}", bools.true_count());
         assert_eq!(b.column(0).null_count(), 0);
+    }
+
+    #[test]
+    fn fast_paths_match_the_plain_formulas() {
+        let mut x = 0x1234_5678_9ABC_DEF0u64;
+        let mut next = || {
+            x = mix(x.wrapping_add(GOLDEN));
+            x
+        };
+        for d in [1u64, 2, 3, 7, 10, 100, 10_000, 1 << 32, (1 << 32) + 1, u64::MAX / 3, u64::MAX - 1, u64::MAX] {
+            let m = FastMod::new(d);
+            for v in [0, 1, d - 1, d, d.wrapping_add(1), u64::MAX, u64::MAX - 1] {
+                assert_eq!(m.rem(v), v % d, "{v} % {d}");
+            }
+            for _ in 0..2000 {
+                let v = next();
+                assert_eq!(m.rem(v), v % d, "{v} % {d}");
+            }
+        }
+        for (min, max) in [(1i128, 10_000i128), (0, 0), (-5, 5), (i128::from(i64::MIN), i128::from(i64::MAX)), (0, i128::from(u64::MAX))] {
+            let seed = next();
+            let d = RangeDraw::new(seed, min, max);
+            for i in 0..2000u64 {
+                assert_eq!(d.at(i), draw_range(seed, i, min, max));
+            }
+        }
+        let mut g = generator(&[col("t", SqlType::Timestamp)], &[("fields.t.start", "2024-01-01 00:00:00")]).unwrap();
+        for rate in [1u64, 3, 7, 1000, 999_999, 1_000_000, 1_000_001, 3_000_017, 100_000_000] {
+            g.rows_per_second = rate;
+            for from in [0u64, 1, 12_345, u64::MAX / 1_000_000 - 10, u64::MAX - 20] {
+                let got: Vec<i64> = g.event_times(7, from..from.saturating_add(20)).collect();
+                let want: Vec<i64> = (from..from.saturating_add(20))
+                    .map(|i| 7i64.saturating_add(i64::try_from(u128::from(i) * 1_000_000 / u128::from(rate)).unwrap_or(i64::MAX)))
+                    .collect();
+                assert_eq!(got, want, "rate {rate} from {from}");
+            }
+        }
     }
 
     #[test]

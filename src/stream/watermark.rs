@@ -204,9 +204,12 @@ impl SourceWatermark {
         }
         let times = self.expr.times(batch)?;
         // Marker-driven sources only check rows: no expression to evaluate.
-        let values = match self.by_markers {
-            true => None,
-            false => Some(self.expr.values_from(batch, &times)?),
+        // A fixed delay needs no array of values for the fast path below:
+        // its largest value is the largest time minus the delay.
+        let fixed = self.expr.delay.filter(|_| !self.by_markers && times.null_count() == 0);
+        let mut values = match (self.by_markers, fixed) {
+            (false, None) => Some(self.expr.values_from(batch, &times)?),
+            _ => None,
         };
         let start = self.current_i64();
         // Nothing late, whatever the order, when the earliest time is at or
@@ -214,7 +217,11 @@ impl SourceWatermark {
         // rows in order within their allowed lateness. Two vectorised
         // passes instead of the row loop.
         if times.null_count() == 0 {
-            let reach = match values.as_ref().and_then(datafusion::arrow::compute::max) {
+            let top = match fixed {
+                Some(d) => datafusion::arrow::compute::max(&times).map(|t| t.saturating_sub(d)),
+                None => values.as_ref().and_then(datafusion::arrow::compute::max),
+            };
+            let reach = match top {
                 Some(v) => Some(start.map_or(v, |w| w.max(v))),
                 None => start,
             };
@@ -225,6 +232,9 @@ impl SourceWatermark {
                     _ => None,
                 };
                 return Ok((None, advanced));
+            }
+            if fixed.is_some() {
+                values = Some(self.expr.values_from(batch, &times)?);
             }
         }
         let mut running = start;

@@ -192,10 +192,66 @@ struct Pending {
     /// The same index by value when the only group column is an integer
     /// (not windowed): no key encoding or byte comparison per row.
     int_index: FastMap<Option<i64>, usize>,
+    /// The integer keys of a dense range, by array position instead of
+    /// by hash (`int_index` holds only keys outside its range).
+    dense: DenseIndex,
     order: Vec<Vec<u8>>,
-    deltas: Vec<Delta>,
+    deltas: Deltas,
     /// Per aggregate: group index → value → weight (min/max/distinct).
     multisets: Vec<HashMap<usize, HashMap<Vec<u8>, i64>>>,
+}
+
+/// Group numbers of integer keys in an array over `[base, base + len)`
+/// (0: no group yet, else the group's number + 1). When a batch's keys
+/// are dense (10k keys: a 40 KB array) a row's group is one array read,
+/// not a hash probe whose buckets miss the cache.
+#[derive(Default)]
+struct DenseIndex {
+    base: i64,
+    slots: Vec<u32>,
+}
+
+/// The most slots of a [`DenseIndex`] (4 MB), and the most per group it
+/// may come to hold: sparser keys stay in the hash index.
+const DENSE_MAX_SLOTS: u64 = 1 << 20;
+const DENSE_SLOTS_PER_GROUP: u64 = 16;
+
+impl DenseIndex {
+    fn contains(&self, v: i64) -> bool {
+        v >= self.base && ((v as i128 - self.base as i128) as u128) < self.slots.len() as u128
+    }
+
+    /// Widens the range to take in `[lo, hi]` if it stays within the
+    /// limits for `groups` groups at most, moving the keys of `hashed`
+    /// that fall in it. Whether the range now covers `[lo, hi]`.
+    fn cover(&mut self, lo: i64, hi: i64, groups: usize, hashed: &mut FastMap<Option<i64>, usize>) -> bool {
+        if self.contains(lo) && self.contains(hi) {
+            return true;
+        }
+        let (new_lo, new_hi) = match self.slots.is_empty() {
+            true => (lo, hi),
+            false => (lo.min(self.base), hi.max(self.base + (self.slots.len() as i64 - 1))),
+        };
+        let span = (new_hi as i128 - new_lo as i128 + 1) as u128;
+        if span > u128::from(DENSE_MAX_SLOTS) || span > u128::from(DENSE_SLOTS_PER_GROUP * groups.max(1) as u64) {
+            return false;
+        }
+        let mut slots = vec![0u32; span as usize];
+        let shift = (self.base as i128 - new_lo as i128) as usize;
+        if !self.slots.is_empty() {
+            slots[shift..shift + self.slots.len()].copy_from_slice(&self.slots);
+        }
+        self.base = new_lo;
+        self.slots = slots;
+        hashed.retain(|k, g| match k {
+            Some(v) if self.contains(*v) => {
+                self.slots[(*v - self.base) as usize] = *g as u32 + 1;
+                false
+            }
+            _ => true,
+        });
+        true
+    }
 }
 
 /// Groups pre-aggregated before the operator applies them mid-epoch.
@@ -499,11 +555,61 @@ impl Emitted {
     }
 }
 
-/// One batch's delta for one group.
-#[derive(Default, Clone)]
-struct Delta {
-    rows: i64,
-    accs: Vec<Acc>,
+/// The pending deltas of every group as a struct of arrays: a column per
+/// field, indexed by the group's number. The per-row loops of a batch
+/// touch one compact array per aggregate field, which for 10k groups
+/// stays in a core's L2 cache; a `Vec<Acc>` per group (64 bytes per
+/// aggregate behind a pointer) made nearly every row a cache miss: count
+/// + sum by 10k keys took 76 ns per row.
+#[derive(Default)]
+struct Deltas {
+    rows: Vec<i64>,
+    accs: Vec<AccColumn>,
+}
+
+/// One aggregate's pending deltas, a column per [`Acc`] field.
+#[derive(Default)]
+struct AccColumn {
+    a: Vec<i64>,
+    b: Vec<i64>,
+    int: Vec<i128>,
+    float: Vec<f64>,
+    value: Vec<Option<Vec<u8>>>,
+}
+
+impl AccColumn {
+    fn push(&mut self, acc: Acc) {
+        self.a.push(acc.a);
+        self.b.push(acc.b);
+        self.int.push(acc.int);
+        self.float.push(acc.float);
+        self.value.push(acc.value);
+    }
+
+    /// Group `g`'s delta (its value moved out).
+    fn take(&mut self, g: usize) -> Acc {
+        Acc { a: self.a[g], b: self.b[g], int: self.int[g], float: self.float[g], value: self.value[g].take() }
+    }
+}
+
+impl Deltas {
+    /// Appends an empty delta for a new group.
+    fn push_empty(&mut self, n_aggs: usize) {
+        self.accs.resize_with(n_aggs, AccColumn::default);
+        self.rows.push(0);
+        for col in &mut self.accs {
+            col.push(Acc::default());
+        }
+    }
+
+    /// Appends group `g` of `from` (its values moved out).
+    fn push_from(&mut self, from: &mut Deltas, g: usize) {
+        self.accs.resize_with(from.accs.len(), AccColumn::default);
+        self.rows.push(from.rows[g]);
+        for (to, col) in self.accs.iter_mut().zip(&mut from.accs) {
+            to.push(col.take(g));
+        }
+    }
 }
 
 impl Pending {
@@ -512,7 +618,7 @@ impl Pending {
         let g = self.order.len();
         self.index.insert(key.clone(), g);
         self.order.push(key);
-        self.deltas.push(Delta { rows: 0, accs: vec![Acc::default(); n_aggs] });
+        self.deltas.push_empty(n_aggs);
         g
     }
 
@@ -526,12 +632,13 @@ impl Pending {
         self.multisets = vec![HashMap::new(); n_multisets];
         open.multisets = vec![HashMap::new(); n_multisets];
         let mut multisets = old.multisets;
-        for (g, (key, delta)) in old.order.into_iter().zip(old.deltas).enumerate() {
+        let mut deltas = old.deltas;
+        for (g, key) in old.order.into_iter().enumerate() {
             let target = if key.as_slice() < bound { &mut *self } else { &mut open };
             let idx = target.order.len();
             target.index.insert(key.clone(), idx);
             target.order.push(key);
-            target.deltas.push(delta);
+            target.deltas.push_from(&mut deltas, g);
             for (j, m) in multisets.iter_mut().enumerate() {
                 if let Some(values) = m.remove(&g) {
                     target.multisets[j].insert(idx, values);
@@ -557,6 +664,7 @@ impl AggregateOp {
         if self.pending.multisets.len() != n_aggs {
             self.pending.multisets = vec![HashMap::new(); n_aggs];
         }
+        self.pending.deltas.accs.resize_with(n_aggs, AccColumn::default);
         let mut group_of = Vec::with_capacity(n);
         let int_key = match group_cols.as_slice() {
             [c] if self.window.is_none() && c.data_type().is_integer() && c.data_type() != &DataType::UInt64 => {
@@ -567,8 +675,26 @@ impl AggregateOp {
         if let Some(ints) = &int_key {
             let ints = ints.as_primitive::<Int64Type>();
             let p = &mut self.pending;
+            if let (Some(lo), Some(hi)) = (datafusion::arrow::compute::min(ints), datafusion::arrow::compute::max(ints)) {
+                p.dense.cover(lo, hi, p.order.len() + n, &mut p.int_index);
+            }
             for i in 0..n {
                 let v = ints.is_valid(i).then(|| ints.value(i));
+                if let Some(v) = v.filter(|v| p.dense.contains(*v)) {
+                    let slot = (v - p.dense.base) as usize;
+                    let g = match p.dense.slots[slot] {
+                        0 => {
+                            let k = self.group_codec.encode(&[group_cols[0].slice(i, 1)], 1)?.row(0).to_vec();
+                            let g = p.add(k, n_aggs);
+                            p.dense.slots[slot] = g as u32 + 1;
+                            g
+                        }
+                        s => s as usize - 1,
+                    };
+                    p.deltas.rows[g] += weights[i];
+                    group_of.push(g);
+                    continue;
+                }
                 let g = match p.int_index.get(&v) {
                     Some(&g) => g,
                     None => {
@@ -578,7 +704,7 @@ impl AggregateOp {
                         g
                     }
                 };
-                p.deltas[g].rows += weights[i];
+                p.deltas.rows[g] += weights[i];
                 group_of.push(g);
             }
         } else {
@@ -590,7 +716,7 @@ impl AggregateOp {
                     Some(&g) => g,
                     None => p.add(k.to_vec(), n_aggs),
                 };
-                p.deltas[g].rows += weights[i];
+                p.deltas.rows[g] += weights[i];
                 group_of.push(g);
             }
         }
@@ -598,7 +724,8 @@ impl AggregateOp {
         for (j, spec) in self.aggs.iter().enumerate() {
             let arg = spec.arg.evaluate(&changes.batch)?.into_array(n)?;
             let multiset = keeps_multiset(spec, self.append_only).then_some(&mut p.multisets[j]);
-            accumulate(spec, j, &arg, weights, &group_of, &mut p.deltas, self.value_codecs[j].as_ref(), multiset)?;
+            let col = &mut p.deltas.accs[j];
+            accumulate(spec, &arg, weights, &group_of, col, self.value_codecs[j].as_ref(), multiset)?;
         }
         Ok(())
     }
@@ -606,7 +733,8 @@ impl AggregateOp {
     /// Applies the pending deltas to the groups' state (once per group)
     /// and emits the changed output rows.
     fn flush_pending(&mut self, out: &mut Emitted) -> StreamResult<()> {
-        let Pending { order, deltas, mut multisets, .. } = std::mem::take(&mut self.pending);
+        let Pending { order, mut deltas, mut multisets, .. } = std::mem::take(&mut self.pending);
+        deltas.accs.resize_with(self.aggs.len(), AccColumn::default);
         if multisets.len() != self.aggs.len() {
             multisets = vec![HashMap::new(); self.aggs.len()];
         }
@@ -614,11 +742,10 @@ impl AggregateOp {
         for (g, group) in order.iter().enumerate() {
             let old = self.load(group)?;
             let mut s = old.clone().unwrap_or_else(|| self.empty_state());
-            let d = &deltas[g];
-            s.rows += d.rows;
+            s.rows += deltas.rows[g];
             for (j, spec) in self.aggs.iter().enumerate() {
                 let acc = &mut s.accs[j];
-                let da = &d.accs[j];
+                let da = &deltas.accs[j].take(g);
                 match spec.kind {
                     AggKind::Count | AggKind::Sum | AggKind::Avg | AggKind::BoolAnd | AggKind::BoolOr => {
                         acc.a += da.a;
@@ -913,11 +1040,10 @@ fn keeps_multiset(spec: &AggSpec, append_only: bool) -> bool {
 #[allow(clippy::too_many_arguments)]
 fn accumulate(
     spec: &AggSpec,
-    j: usize,
     arg: &ArrayRef,
     weights: &[i64],
     group_of: &[usize],
-    deltas: &mut [Delta],
+    col: &mut AccColumn,
     codec: Option<&RowCodec>,
     multiset: Option<&mut HashMap<usize, HashMap<Vec<u8>, i64>>>,
 ) -> StreamResult<()> {
@@ -927,9 +1053,10 @@ fn accumulate(
     let valid = |i: usize| no_nulls || arg.is_valid(i);
     match spec.kind {
         AggKind::Count => {
+            let a = &mut col.a;
             for i in 0..n {
                 if valid(i) {
-                    deltas[group_of[i]].accs[j].a += weights[i];
+                    a[group_of[i]] += weights[i];
                 }
             }
         }
@@ -937,20 +1064,22 @@ fn accumulate(
             if spec.input_type.is_floating() {
                 let a = cast(arg, &DataType::Float64)?;
                 let a = a.as_primitive::<Float64Type>();
+                let (counts, sums) = (&mut col.a, &mut col.float);
                 for i in 0..n {
                     if valid(i) {
-                        let d = &mut deltas[group_of[i]].accs[j];
-                        d.a += weights[i];
-                        d.float += a.value(i) * weights[i] as f64;
+                        let g = group_of[i];
+                        counts[g] += weights[i];
+                        sums[g] += a.value(i) * weights[i] as f64;
                     }
                 }
             } else if let DataType::Decimal128(..) = spec.input_type {
                 let a = arg.as_primitive::<Decimal128Type>();
+                let (counts, sums) = (&mut col.a, &mut col.int);
                 for i in 0..n {
                     if valid(i) {
-                        let d = &mut deltas[group_of[i]].accs[j];
-                        d.a += weights[i];
-                        d.int = d.int.wrapping_add(a.value(i).wrapping_mul(i128::from(weights[i])));
+                        let g = group_of[i];
+                        counts[g] += weights[i];
+                        sums[g] = sums[g].wrapping_add(a.value(i).wrapping_mul(i128::from(weights[i])));
                     }
                 }
             } else {
@@ -958,11 +1087,12 @@ fn accumulate(
                 let options = datafusion::arrow::compute::CastOptions { safe: false, ..Default::default() };
                 let a = datafusion::arrow::compute::cast_with_options(arg, &DataType::Int64, &options)?;
                 let a = a.as_primitive::<Int64Type>();
+                let (counts, sums) = (&mut col.a, &mut col.int);
                 for i in 0..n {
                     if valid(i) {
-                        let d = &mut deltas[group_of[i]].accs[j];
-                        d.a += weights[i];
-                        d.int += i128::from(a.value(i)) * i128::from(weights[i]);
+                        let g = group_of[i];
+                        counts[g] += weights[i];
+                        sums[g] += i128::from(a.value(i)) * i128::from(weights[i]);
                     }
                 }
             }
@@ -972,11 +1102,11 @@ fn accumulate(
             let a = a.as_boolean();
             for i in 0..n {
                 if valid(i) {
-                    let d = &mut deltas[group_of[i]].accs[j];
+                    let g = group_of[i];
                     if a.value(i) {
-                        d.a += weights[i];
+                        col.a[g] += weights[i];
                     } else {
-                        d.b += weights[i];
+                        col.b[g] += weights[i];
                     }
                 }
             }
@@ -986,9 +1116,9 @@ fn accumulate(
             let rows = codec.encode(std::slice::from_ref(arg), n)?;
             let mut multiset = multiset;
             for i in (0..n).filter(|i| valid(*i)) {
-                let d = &mut deltas[group_of[i]].accs[j];
+                let g = group_of[i];
                 if spec.kind != AggKind::CountDistinct {
-                    d.a += weights[i];
+                    col.a[g] += weights[i];
                 }
                 let v = rows.row(i);
                 match multiset.as_deref_mut() {
@@ -997,8 +1127,8 @@ fn accumulate(
                         return Err(StreamError::Corrupt("a retraction reached MIN/MAX over append-only input".into()));
                     }
                     None => {
-                        if d.value.as_deref().is_none_or(|cur| v < cur) {
-                            d.value = Some(v.to_vec());
+                        if col.value[g].as_deref().is_none_or(|cur| v < cur) {
+                            col.value[g] = Some(v.to_vec());
                         }
                     }
                 }
@@ -1006,4 +1136,33 @@ fn accumulate(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dense_index_takes_in_hashed_keys_and_refuses_sparse_ranges() {
+        let mut hashed: FastMap<Option<i64>, usize> = FastMap::default();
+        let mut d = DenseIndex::default();
+        // Sparse: two keys a million apart for two groups stay hashed.
+        assert!(!d.cover(0, 1_000_000, 2, &mut hashed));
+        assert!(!d.contains(0));
+        hashed.insert(Some(5), 0);
+        hashed.insert(Some(40), 1);
+        hashed.insert(None, 2);
+        hashed.insert(Some(-7), 3);
+        assert!(d.cover(1, 30, 4, &mut hashed));
+        assert_eq!(d.slots[(5 - d.base) as usize], 1);
+        assert!(!d.contains(40) && hashed.get(&Some(40)) == Some(&1));
+        // Widening keeps the slots it had and takes in the rest.
+        assert!(d.cover(-10, 45, 4, &mut hashed));
+        assert_eq!((d.base, d.slots.len()), (-10, 56));
+        assert_eq!(d.slots[(5 - d.base) as usize], 1);
+        assert_eq!(d.slots[(40 - d.base) as usize], 2);
+        assert_eq!(d.slots[(-7 - d.base) as usize], 4);
+        assert_eq!(hashed.len(), 1); // only NULL is left
+        assert!(!d.contains(i64::MIN) && !d.contains(i64::MAX));
+    }
 }
