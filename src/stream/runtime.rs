@@ -80,13 +80,17 @@ const LOG_BYTES_PER_READ: usize = 16 << 20;
 /// that the epoch's dirty state (which cannot be evicted until its
 /// checkpoint) stays bounded.
 const MAX_CHANGES_PER_EPOCH: usize = 131_072;
-/// Rows of generated sources made by one read of the log (so also, as it
-/// is above [`MAX_CHANGES_PER_EPOCH`], the most in one epoch while they
-/// are worked off). Larger than the limit for logged rows: an epoch costs
-/// each stateful operator a write of every group it touched, and generated
-/// rows arrive as fast as eddy takes them; bounded, so that operators that
-/// hold an epoch's rows (sinks) stay within memory.
-const GENERATED_ROWS_PER_READ: usize = 1 << 19;
+/// Rows of generated sources made by one read of the log: the rows made
+/// before the operators take them (a quarter of a million rows of 30
+/// bytes; reads of twice that cost a pass-through 20 MB more peak memory
+/// and no speed).
+const GENERATED_ROWS_PER_READ: usize = 1 << 18;
+/// The most generated rows in one epoch while they are worked off (above
+/// [`MAX_CHANGES_PER_EPOCH`]). Larger than the limit for logged rows: an
+/// epoch costs each stateful operator a write of every group it touched,
+/// and generated rows arrive as fast as eddy takes them; bounded, so that
+/// operators that hold an epoch's rows (sinks) stay within memory.
+const GENERATED_ROWS_PER_EPOCH: usize = 1 << 19;
 /// The most generated rows in one epoch when every graph is light
 /// (`Graph::light`: GROUP BY views, anything without joins, top-N or
 /// sessions into a blackhole): an epoch then costs a write per group
@@ -95,9 +99,10 @@ const GENERATED_ROWS_PER_READ: usize = 1 << 19;
 /// budget (a GROUP BY with a group per row), and the first results still
 /// show within a fraction of a second. While a backlog lasts, each epoch
 /// may take twice the rows of the one before, up to
-/// [`LIGHT_GENERATED_ROWS_PER_EPOCH_MAX`] (about 0.7 s of work at 12M rows
-/// per second, near Spark's 800 ms micro-batches): the state writes per
-/// row fall fourfold, and the first epoch stays small.
+/// [`LIGHT_GENERATED_ROWS_PER_EPOCH_MAX`] (0.3-0.7 s of work at 12M-25M
+/// rows per second, near Spark's 800 ms micro-batches): the state writes
+/// per row fall fourfold (GROUP BY 10k keys: 20M rows per CPU-second
+/// instead of 10M), and the first epoch stays small.
 const LIGHT_GENERATED_ROWS_PER_EPOCH: usize = 1 << 21;
 const LIGHT_GENERATED_ROWS_PER_EPOCH_MAX: usize = 1 << 23;
 /// Key prefix of persisted view failures.
@@ -353,7 +358,7 @@ impl Coordinator {
         let target = *self.committed.borrow();
         let cap = match self.graphs.values().all(|g| g.light) {
             true => self.light_cap,
-            false => GENERATED_ROWS_PER_READ,
+            false => GENERATED_ROWS_PER_EPOCH,
         };
         while self.read_seq < target {
             let generated = GENERATED_ROWS_PER_READ.min(cap.saturating_sub(self.epoch_changes)).max(1) as u64;
