@@ -137,7 +137,9 @@ struct RangeDraw {
 
 impl RangeDraw {
     fn new(seed: u64, min: i128, max: i128) -> Self {
-        let wide_span = (max - min) as u128 + 1;
+        // Wrapping: the span of a NUMERIC(38) column's full range is above
+        // i128::MAX but fits a u128.
+        let wide_span = (max.wrapping_sub(min) as u128).saturating_add(1);
         let seeded = mix(seed.wrapping_add(GOLDEN));
         Self { seeded, min, span: u64::try_from(wide_span).ok().map(FastMod::new), wide_span }
     }

@@ -80,10 +80,10 @@ const LOG_BYTES_PER_READ: usize = 16 << 20;
 /// that the epoch's dirty state (which cannot be evicted until its
 /// checkpoint) stays bounded.
 const MAX_CHANGES_PER_EPOCH: usize = 131_072;
-/// Rows of generated sources made by one read of the log: the rows made
-/// before the operators take them (a quarter of a million rows of 30
-/// bytes; reads of twice that cost a pass-through 20 MB more peak memory
-/// and no speed).
+/// Rows of generated sources made by one read of the log, about the rows
+/// made before the operators take them (a read may pass it by less than
+/// one log entry's range; a quarter of a million rows of 30 bytes; reads
+/// of twice that cost a pass-through 20 MB more peak memory and no speed).
 const GENERATED_ROWS_PER_READ: usize = 1 << 18;
 /// The most generated rows in one epoch while they are worked off (above
 /// [`MAX_CHANGES_PER_EPOCH`]). Larger than the limit for logged rows: an
@@ -97,8 +97,8 @@ const GENERATED_ROWS_PER_EPOCH: usize = 1 << 19;
 /// touched, not per row, and larger epochs touch each group fewer times, as Spark's
 /// micro-batches do. The epoch also ends once the state cache is over its
 /// budget (a GROUP BY with a group per row), and the first results still
-/// show within a fraction of a second. While a backlog lasts, each epoch
-/// may take twice the rows of the one before, up to
+/// show within a fraction of a second. Each epoch may take twice the rows
+/// of the one before (at least this many), up to
 /// [`LIGHT_GENERATED_ROWS_PER_EPOCH_MAX`] (0.3-0.7 s of work at 12M-25M
 /// rows per second, near Spark's 800 ms micro-batches): the state writes
 /// per row fall fourfold (GROUP BY 10k keys: 20M rows per CPU-second
@@ -356,11 +356,9 @@ impl Coordinator {
     /// Feeds committed log entries after `read_seq` to the table sources.
     async fn read_log(&mut self) -> StreamResult<()> {
         let target = *self.committed.borrow();
-        let cap = match self.graphs.values().all(|g| g.light) {
-            true => self.light_cap,
-            false => GENERATED_ROWS_PER_EPOCH,
-        };
+        let light = self.graphs.values().all(|g| g.light);
         while self.read_seq < target {
+            let cap = if light { self.light_cap } else { GENERATED_ROWS_PER_EPOCH };
             let generated = GENERATED_ROWS_PER_READ.min(cap.saturating_sub(self.epoch_changes)).max(1) as u64;
             let logged = MAX_CHANGES_PER_EPOCH.saturating_sub(self.epoch_logged).max(1) as u64;
             let entries = self.read_entries(target, generated, logged)?;
@@ -371,14 +369,11 @@ impl Coordinator {
             self.dispatch(&entries).await?;
             self.read_seq = last;
             let over_budget = self.budget.over();
-            let full = self.epoch_changes >= cap;
-            if self.epoch_logged >= MAX_CHANGES_PER_EPOCH || full || (self.epoch_changes >= MAX_CHANGES_PER_EPOCH && over_budget) {
+            if self.epoch_logged >= MAX_CHANGES_PER_EPOCH
+                || self.epoch_changes >= cap
+                || (self.epoch_changes >= MAX_CHANGES_PER_EPOCH && over_budget)
+            {
                 self.checkpoint(Vec::new()).await?;
-                // A backlog: the next epoch may be larger (see the const).
-                self.light_cap = match full && !over_budget {
-                    true => (self.light_cap * 2).min(LIGHT_GENERATED_ROWS_PER_EPOCH_MAX),
-                    false => LIGHT_GENERATED_ROWS_PER_EPOCH,
-                };
             }
         }
         Ok(())
@@ -699,6 +694,10 @@ impl Coordinator {
         }
         self.epoch = epoch;
         self.checkpoint_seq = seq;
+        // The next light epoch may take twice this one's rows (see
+        // LIGHT_GENERATED_ROWS_PER_EPOCH): a backlog grows epochs, a small
+        // epoch brings the cap back to its floor.
+        self.light_cap = self.epoch_changes.saturating_mul(2).clamp(LIGHT_GENERATED_ROWS_PER_EPOCH, LIGHT_GENERATED_ROWS_PER_EPOCH_MAX);
         self.epoch_changes = 0;
         self.epoch_logged = 0;
         release_free_memory();

@@ -3,8 +3,9 @@
 //!
 //! The thread makes the rows that are due at `datagen.rows.per.second`
 //! since it started (so a restart does not burst to catch up), at most
-//! [`CHUNK_ROWS`] at a time (a source: [`SOURCE_RANGE_ROWS`]), and writes each chunk — the rows (a table) or
-//! one change-log entry naming the range of rows (a source: the stream
+//! [`CHUNK_ROWS`] at a time (a source: [`SOURCE_RANGE_ROWS`]), and writes
+//! each chunk — the rows (a table) or one change-log entry naming the
+//! range of rows (a source: the stream
 //! engine generates them from it, see [`crate::state::log`]), plus the next
 //! row index as the offset of partition 0 — in one atomic write. With a rate the write path cannot
 //! keep up with it simply writes chunks back to back. A bounded source

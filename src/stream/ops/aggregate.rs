@@ -2,8 +2,10 @@
 //! column without aggregates).
 //!
 //! Input is pre-aggregated: rows are mapped to their groups (Arrow row
-//! format keys, one hash lookup per row) and every aggregate's weighted
-//! delta is summed per group in one columnar pass, across all batches of
+//! format keys, one hash lookup per row; a single integer key by value,
+//! through an array when its values are dense) and every aggregate's
+//! weighted delta is summed per group in one columnar pass (into a column
+//! per accumulator field, `Deltas`), across all batches of
 //! the epoch. Only at the barrier (or when 64k groups are pending) is state
 //! touched — once per group — and the changed output rows emitted; state
 //! is written once per group per epoch. Per group the state holds the row count and one
@@ -650,7 +652,7 @@ impl Pending {
 }
 
 impl AggregateOp {
-    /// Adds a batch to the pending per-group deltas (one hash lookup per
+    /// Adds a batch to the pending per-group deltas (one hash lookup or array read per
     /// row, one columnar pass per aggregate).
     fn accumulate_batch(&mut self, changes: &Changes) -> StreamResult<()> {
         let n = changes.len();
