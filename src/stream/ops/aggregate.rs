@@ -682,27 +682,24 @@ impl AggregateOp {
             }
             for i in 0..n {
                 let v = ints.is_valid(i).then(|| ints.value(i));
-                if let Some(v) = v.filter(|v| p.dense.contains(*v)) {
-                    let slot = (v - p.dense.base) as usize;
-                    let g = match p.dense.slots[slot] {
-                        0 => {
-                            let k = self.group_codec.encode(&[group_cols[0].slice(i, 1)], 1)?.row(0).to_vec();
-                            let g = p.add(k, n_aggs);
-                            p.dense.slots[slot] = g as u32 + 1;
-                            g
-                        }
-                        s => s as usize - 1,
-                    };
-                    p.deltas.rows[g] += weights[i];
-                    group_of.push(g);
-                    continue;
-                }
-                let g = match p.int_index.get(&v) {
-                    Some(&g) => g,
+                // The key's place in the dense array, if it has one; else
+                // the hash index holds it.
+                let slot = v.filter(|v| p.dense.contains(*v)).map(|v| (v - p.dense.base) as usize);
+                let known = match slot {
+                    Some(s) => p.dense.slots[s].checked_sub(1).map(|g| g as usize),
+                    None => p.int_index.get(&v).copied(),
+                };
+                let g = match known {
+                    Some(g) => g,
                     None => {
                         let k = self.group_codec.encode(&[group_cols[0].slice(i, 1)], 1)?.row(0).to_vec();
                         let g = p.add(k, n_aggs);
-                        p.int_index.insert(v, g);
+                        match slot {
+                            Some(s) => p.dense.slots[s] = g as u32 + 1,
+                            None => {
+                                p.int_index.insert(v, g);
+                            }
+                        }
                         g
                     }
                 };
