@@ -9,6 +9,10 @@
 //! holds the epoch's records and progress record), `after_kafka_commit`
 //! (committed, the outbox not yet cleared), `during_recovery` (a sink's
 //! publisher is recovering: transactions fenced, progress not yet read).
+//!
+//! Modes (not aborts, checked with [`on`]): `forget_held_rows` (the
+//! stream engine ignores the rows a Kafka source's ingest held in memory
+//! and reads every logged chunk back from Kafka, as after a restart).
 
 use std::collections::HashSet;
 use std::sync::OnceLock;
@@ -28,4 +32,9 @@ pub fn hit(name: &str) {
         eprintln!("eddy: failpoint {name} reached: aborting");
         std::process::abort();
     }
+}
+
+/// Whether mode `name` is armed.
+pub fn on(name: &str) -> bool {
+    armed().contains(name)
 }

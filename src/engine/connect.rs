@@ -257,16 +257,58 @@ pub fn start_ingest(engine: &Engine, table: Arc<Table>) {
     .len();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let workers = partitions.clamp(1, cores);
+    register_refetch(engine, &table);
     let handle = ingest::spawn(ingest::Ingest {
         table,
         db: engine.store.db().clone(),
         writer: engine.store.writer().clone(),
         stats,
         runtime: tokio::runtime::Handle::current(),
-        check: Arc::new(|t, b| super::dml::check_batch(t, b).map_err(|e| e.to_string())),
+        check: Arc::new(check),
         row_key: Arc::new(super::dml::row_key),
     }, workers);
     engine.connectors.add_ingest(id, handle);
+}
+
+/// The table rules a Kafka message's row must pass (types, NOT NULL,
+/// lengths), as ingest and the reader of [`register_refetch`] apply them.
+fn check(table: &Table, batch: &RecordBatch) -> Result<RecordBatch, String> {
+    super::dml::check_batch(table, batch).map_err(|e| e.to_string())
+}
+
+/// Registers how the stream engine reads a Kafka source's logged messages
+/// again (their rows are held in memory only until it takes them; see
+/// [`crate::state::held`]).
+fn register_refetch(engine: &Engine, table: &Arc<Table>) {
+    if !table.def.source || crate::connector::datagen::is_generated_table(table) {
+        return;
+    }
+    let t = table.clone();
+    let read: crate::state::held::Refetch = Arc::new(move |ranges: &[(i32, i64, i64)]| {
+        let (decoder, opts, headers) = kafka::decoder_for(&t).map_err(|e| e.to_string())?;
+        let mut parts = Vec::new();
+        kafka::read_range(&opts, &decoder, &headers, ranges, &mut |b| {
+            parts.push(b);
+            Ok(())
+        })
+        .map_err(|e| e.to_string())?;
+        let mut kept = Vec::new();
+        for b in parts {
+            kept.push(ingest::checked(&check, &t, b, |_, _| {}).map_err(|e| e.to_string())?.0);
+        }
+        datafusion::arrow::compute::concat_batches(&t.schema, &kept).map_err(|e| e.to_string())
+    });
+    engine.store.writer().held().set_refetch(table.id(), read);
+}
+
+/// Registers the readers of every Kafka source (at start-up, before the
+/// stream engine replays the log).
+pub fn register_refetch_all(engine: &Engine) {
+    for t in engine.catalog.list() {
+        if t.def.connector.is_some() {
+            register_refetch(engine, &t);
+        }
+    }
 }
 
 /// Starts every connector of the catalog (at start-up, after the views).

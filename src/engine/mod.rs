@@ -109,6 +109,9 @@ impl Engine {
     pub async fn open(store: Arc<Store>, stream_config: StreamConfig) -> EngineResult<Self> {
         let engine = Self::new(store, stream_config)?;
         mv::restore(&engine).await?;
+        // Sources' readers first: the log replayed from the last
+        // checkpoint names Kafka messages whose rows were held in memory.
+        connect::register_refetch_all(&engine);
         engine.stream.start().await?;
         connect::start_all(&engine);
         Ok(engine)

@@ -313,6 +313,7 @@ async fn drop_dependents(engine: &Engine, name: &str) -> EngineResult<()> {
 async fn drop_one(engine: &Engine, name: &str) -> EngineResult<()> {
     if let Some(table) = engine.catalog.get(name) {
         engine.connectors.stop_ingest(table.id(), name);
+        engine.store.writer().held().remove_source(table.id());
         engine.catalog.drop_table(name, true).await?;
     } else if let Some(sink) = engine.catalog.get_sink(name) {
         engine.connectors.stop_sink(sink.id, name);

@@ -16,6 +16,13 @@
 //! no row is encoded, written or decoded on the way (see
 //! [`generated_range`]).
 //!
+//! A Kafka source logs the messages of each chunk it read instead of its
+//! rows: weight [`HELD`], the number of rows (u32 LE) and per partition
+//! `(partition: i32 LE, from: i64 LE, to: i64 LE)`, the offsets read. The
+//! rows themselves wait in memory for the stream engine
+//! ([`super::held`]), which reads the offsets from Kafka again when they
+//! are not there (after a restart).
+//!
 //! A Kafka source or table with a watermark logs watermark markers after
 //! the rows they follow: weight [`WATERMARK`] and 8 bytes, the new
 //! watermark (i64 LE, the event-time column's unit). The stream runtime
@@ -47,6 +54,42 @@ impl LogEntryBuilder {
 /// The weight that marks a range of generated rows.
 pub const GENERATED: i8 = i8::MAX;
 
+/// The weight that marks a Kafka source's chunk of messages whose rows
+/// are held in memory.
+pub const HELD: i8 = i8::MAX - 1;
+
+/// The change's payload for a chunk of `rows` rows read from `ranges`
+/// (partition, from, to: exclusive).
+pub fn encode_held(rows: u32, ranges: &[(i32, i64, i64)]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(4 + 20 * ranges.len());
+    b.extend_from_slice(&rows.to_le_bytes());
+    for (p, from, to) in ranges {
+        b.extend_from_slice(&p.to_le_bytes());
+        b.extend_from_slice(&from.to_le_bytes());
+        b.extend_from_slice(&to.to_le_bytes());
+    }
+    b
+}
+
+/// The rows and offset ranges of a change whose weight is [`HELD`].
+pub fn held_ranges(row: &[u8]) -> StateResult<(u32, Vec<(i32, i64, i64)>)> {
+    let bad = || StateError::Corrupt("held chunk");
+    let (rows, rest) = row.split_first_chunk::<4>().ok_or_else(bad)?;
+    if rest.len() % 20 != 0 {
+        return Err(bad());
+    }
+    let ranges = rest
+        .chunks_exact(20)
+        .map(|c| {
+            let p = i32::from_le_bytes(c[..4].try_into().map_err(|_| bad())?);
+            let from = i64::from_le_bytes(c[4..12].try_into().map_err(|_| bad())?);
+            let to = i64::from_le_bytes(c[12..].try_into().map_err(|_| bad())?);
+            Ok((p, from, to))
+        })
+        .collect::<StateResult<Vec<_>>>()?;
+    Ok((u32::from_le_bytes(*rows), ranges))
+}
+
 /// The weight that marks a watermark marker.
 pub const WATERMARK: i8 = i8::MIN;
 
@@ -75,14 +118,17 @@ pub fn generated_range(row: &[u8]) -> StateResult<(u64, u32)> {
 }
 
 /// The rows an entry stands for, without decoding them: `(generated,
-/// logged)`, the rows of its generated ranges and its row changes (only
-/// the headers are read; watermark markers are not rows).
+/// logged)`, the rows of its generated ranges and its row changes (held
+/// chunks' rows included; only the headers are read; watermark markers
+/// are not rows).
 pub fn entry_rows(entry: &[u8]) -> (u64, u64) {
     let (mut generated, mut logged) = (0u64, 0u64);
     for change in decode_entry(entry) {
         let Ok(c) = change else { break };
         if c.weight == i64::from(GENERATED) {
             generated += generated_range(c.row).map_or(0, |(_, n)| u64::from(n));
+        } else if c.weight == i64::from(HELD) {
+            logged += held_ranges(c.row).map_or(0, |(n, _)| u64::from(n));
         } else if c.weight != i64::from(WATERMARK) {
             logged += 1;
         }
@@ -150,5 +196,13 @@ mod tests {
         r.push(9, GENERATED, &encode_range(5, 16_384));
         r.push(9, WATERMARK, &7i64.to_le_bytes());
         assert_eq!(entry_rows(&r.finish().expect("entry")), (16_384, 0));
+        let ranges = [(0, 5, 9), (3, -1, i64::MAX)];
+        let mut h = LogEntryBuilder::default();
+        h.push(4, HELD, &encode_held(12, &ranges));
+        let entry = h.finish().expect("entry");
+        assert_eq!(entry_rows(&entry), (0, 12));
+        let change = decode_entry(&entry).next().expect("change").expect("decoded");
+        assert_eq!(held_ranges(change.row).expect("held"), (12, ranges.to_vec()));
+        assert!(held_ranges(&[1, 0, 0, 0, 9]).is_err());
     }
 }

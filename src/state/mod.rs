@@ -6,6 +6,7 @@
 //! ([`writer`]). Invariant: a write is acknowledged only after the WAL
 //! holding it has been synced to disk.
 
+pub mod held;
 pub mod keys;
 pub mod log;
 pub mod row;

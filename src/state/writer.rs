@@ -21,6 +21,12 @@
 //! order, which is what makes the log complete without any cooperation
 //! from the statements that write. After each durable commit the highest
 //! committed sequence number is published on a watch channel.
+//!
+//! **Held rows.** A Kafka source's chunk is logged as the offsets it read,
+//! its decoded rows handed over in memory ([`super::held`]): the writer
+//! puts them there once the entry is durable, before publishing its
+//! sequence number, so the stream engine finds them when it reads the
+//! entry.
 
 use std::collections::HashSet;
 
@@ -32,6 +38,9 @@ use std::sync::Arc;
 use rocksdb::{DB, WriteBatch, WriteOptions};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use datafusion::arrow::array::RecordBatch;
+
+use super::held::HeldRows;
 use super::log::LogEntryBuilder;
 use super::{StateError, StateResult, keys};
 
@@ -48,6 +57,7 @@ struct Request {
 pub struct WriterHandle {
     tx: mpsc::Sender<Request>,
     committed: watch::Receiver<u64>,
+    held: Arc<HeldRows>,
 }
 
 impl WriterHandle {
@@ -69,6 +79,12 @@ impl WriterHandle {
     /// The highest change-log sequence number that is durable.
     pub fn committed_seq(&self) -> watch::Receiver<u64> {
         self.committed.clone()
+    }
+
+    /// Rows of committed log entries held in memory for the stream
+    /// engine.
+    pub fn held(&self) -> &Arc<HeldRows> {
+        &self.held
     }
 }
 
@@ -92,6 +108,8 @@ pub struct Txn<'a> {
     /// Rows appended to a source's change log without being stored (with
     /// their weight: 1, or [`super::log::GENERATED`] for a range).
     appended: Vec<(u64, i8, Vec<u8>)>,
+    /// Rows of the [`super::log::HELD`] changes in `appended`, by table.
+    held: Vec<(u64, RecordBatch)>,
     /// Table rows whose keys the closure proved absent ([`Txn::insert_new`]).
     fresh: Vec<(Vec<u8>, Vec<u8>)>,
 }
@@ -193,6 +211,21 @@ impl Txn<'_> {
         }
     }
 
+    /// Appends a chunk of Kafka source `table_id` to the change log: the
+    /// offsets it read (`ranges`: partition, from, to), its rows held in
+    /// memory for the stream engine (see [`super::held`]). Returns whether
+    /// it was logged (not when no view reads the source: `rows` is
+    /// dropped).
+    pub fn log_append_held(&mut self, table_id: u64, ranges: &[(i32, i64, i64)], rows: RecordBatch) -> bool {
+        let logged = self.logged.contains(&table_id);
+        if logged {
+            let n = u32::try_from(rows.num_rows()).unwrap_or(u32::MAX);
+            self.appended.push((table_id, super::log::HELD, super::log::encode_held(n, ranges)));
+            self.held.push((table_id, rows));
+        }
+        logged
+    }
+
     /// Appends a watermark marker of Kafka source or table `table_id` to
     /// the change log, after this closure's rows (see [`super::log`]).
     /// Returns whether it was logged (not when no view reads the table).
@@ -247,7 +280,8 @@ impl Txn<'_> {
 pub fn spawn(db: Arc<DB>, group_max: usize, last_seq: u64) -> WriterHandle {
     let (tx, rx) = mpsc::channel::<Request>(4096);
     let (committed_tx, committed) = watch::channel(last_seq);
-    let log = Log { next_seq: last_seq + 1, logged: HashSet::new(), committed: committed_tx };
+    let held = Arc::new(HeldRows::default());
+    let log = Log { next_seq: last_seq + 1, logged: HashSet::new(), committed: committed_tx, held: held.clone() };
     let spawned = std::thread::Builder::new()
         .name("eddy-writer".into())
         .spawn(move || run(db, rx, group_max.max(1), log));
@@ -255,7 +289,7 @@ pub fn spawn(db: Arc<DB>, group_max: usize, last_seq: u64) -> WriterHandle {
         // Without a writer every write fails with WriterGone; say why.
         tracing::error!("could not start the storage writer thread: {e}");
     }
-    WriterHandle { tx, committed }
+    WriterHandle { tx, committed, held }
 }
 
 /// A write whose batch would pass this size reserves it whole.
@@ -266,6 +300,7 @@ struct Log {
     next_seq: u64,
     logged: HashSet<u64>,
     committed: watch::Sender<u64>,
+    held: Arc<HeldRows>,
 }
 
 struct Group {
@@ -274,11 +309,13 @@ struct Group {
     acks: Vec<(oneshot::Sender<StateResult<u64>>, u64)>,
     /// The highest log sequence number written by this group, if any.
     last_seq: Option<u64>,
+    /// Held rows of the group's entries, by sequence number.
+    held: Vec<(u64, Vec<(u64, RecordBatch)>)>,
 }
 
 impl Group {
     fn new() -> Self {
-        Self { batch: WriteBatch::default(), overlay: HashMap::default(), acks: Vec::new(), last_seq: None }
+        Self { batch: WriteBatch::default(), overlay: HashMap::default(), acks: Vec::new(), last_seq: None, held: Vec::new() }
     }
 
     fn is_empty(&self) -> bool {
@@ -376,6 +413,7 @@ fn apply(db: &DB, group: &mut Group, req: Request, sync: &WriteOptions, log: &mu
         logged: &mut log.logged,
         preimages: Default::default(),
         appended: Vec::new(),
+        held: Vec::new(),
         fresh: Vec::new(),
     };
     // A panic in a closure (a bug, or in a function evaluated for
@@ -383,7 +421,7 @@ fn apply(db: &DB, group: &mut Group, req: Request, sync: &WriteOptions, log: &mu
     let work = req.work;
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&mut txn)))
         .unwrap_or_else(|_| Err(StateError::rejected("XX000", "internal error while writing; the statement was not applied")));
-    let Txn { staged, ranges, preimages, direct, shared, appended, fresh, .. } = txn;
+    let Txn { staged, ranges, preimages, direct, shared, appended, held, fresh, .. } = txn;
     let preimages = preimages.into_inner();
     let result = result.and_then(|value| {
         log_entry(db, &group.overlay, &staged, &log.logged, &preimages, &appended, &fresh).map(|entry| (value, entry))
@@ -410,6 +448,9 @@ fn apply(db: &DB, group: &mut Group, req: Request, sync: &WriteOptions, log: &mu
                 log.next_seq += 1;
                 group.batch.put(keys::log_key(seq), entry);
                 group.last_seq = Some(seq);
+                if !held.is_empty() {
+                    group.held.push((seq, held));
+                }
             }
             for (from, to) in &ranges {
                 group.batch.delete_range(from, to);
@@ -450,6 +491,9 @@ fn commit(db: &DB, group: Group, sync: &WriteOptions, log: &Log) {
     }
     match db.write_opt(group.batch, sync) {
         Ok(()) => {
+            for (seq, held) in group.held {
+                log.held.insert(seq, held);
+            }
             if let Some(seq) = group.last_seq {
                 log.committed.send_replace(seq);
             }

@@ -42,7 +42,7 @@ use super::{Ack, Changes, Message, StateWrite, StreamError, StreamResult, Waterm
 use crate::catalog::{Catalog, MvDef, Table};
 use crate::plan::StreamPlan;
 use crate::state::keys::{self, prefix_end};
-use crate::state::log::{GENERATED, WATERMARK, decode_entry, entry_rows, generated_range, watermark_value};
+use crate::state::log::{GENERATED, HELD, WATERMARK, decode_entry, entry_rows, generated_range, held_ranges, watermark_value};
 use crate::state::row::RowDecoder;
 use crate::state::{Checkpoint, StateError, Store, WriterHandle};
 
@@ -424,6 +424,21 @@ impl Coordinator {
         for (seq, entry) in entries {
             for change in decode_entry(entry) {
                 let change = change?;
+                // A Kafka source's chunk: its rows are held in memory (or
+                // read from Kafka again); taken even when no view reads
+                // the source any more.
+                let held = if change.weight == i64::from(HELD) {
+                    let batch = self.writer.held().take(*seq, change.table_id).filter(|_| !crate::failpoint::on("forget_held_rows"));
+                    if !subscribed.contains(&change.table_id) {
+                        continue;
+                    }
+                    match batch {
+                        Some(b) => Some(b),
+                        None => Some(self.refetch(change.table_id, change.row).await?),
+                    }
+                } else {
+                    None
+                };
                 if !subscribed.contains(&change.table_id) {
                     continue;
                 }
@@ -435,10 +450,19 @@ impl Coordinator {
                     );
                 }
                 let Some(buf) = buffers.get_mut(&change.table_id) else { continue };
-                let special = change.weight == i64::from(WATERMARK) || change.weight == i64::from(GENERATED);
+                let special = change.weight == i64::from(WATERMARK) || change.weight == i64::from(GENERATED) || held.is_some();
                 if special && !buf.1.is_empty() {
                     // Rows of the table buffered so far go first.
                     ready.push(Ready::Rows(change.table_id, buf.0.flush()?, std::mem::take(&mut buf.1), std::mem::take(&mut buf.2)));
+                }
+                if let Some(batch) = held {
+                    let rows = batch.num_rows();
+                    self.epoch_changes += rows;
+                    self.epoch_logged += rows;
+                    if rows > 0 {
+                        ready.push(Ready::Rows(change.table_id, batch, vec![1; rows], vec![*seq; rows]));
+                    }
+                    continue;
                 }
                 if change.weight == i64::from(WATERMARK) {
                     ready.push(Ready::Watermark(change.table_id, watermark_value(change.row)?));
@@ -490,6 +514,31 @@ impl Coordinator {
             }
         }
         Ok(())
+    }
+
+    /// The rows of a Kafka source's logged chunk (`payload`: its offsets)
+    /// that are no longer held in memory (logged before a restart): read
+    /// from Kafka again by the source's registered reader.
+    async fn refetch(&self, table_id: u64, payload: &[u8]) -> StreamResult<RecordBatch> {
+        let (rows, ranges) = held_ranges(payload)?;
+        let name = self.table_by_id(table_id).map(|t| t.name().to_string()).unwrap_or_else(|| table_id.to_string());
+        let read = self
+            .writer
+            .held()
+            .refetch(table_id)
+            .ok_or_else(|| StreamError::Failed(format!("source {name}: no reader to read its logged messages again")))?;
+        let batch = tokio::task::spawn_blocking(move || read(&ranges))
+            .await
+            .map_err(|e| StreamError::Failed(e.to_string()))?
+            .map_err(|e| StreamError::Failed(format!("source {name}: reading logged messages again: {e}")))?;
+        if batch.num_rows() != rows as usize {
+            tracing::warn!(
+                source = name,
+                "{rows} rows were logged but {} were read again from Kafka (messages deleted by the topic's retention?)",
+                batch.num_rows()
+            );
+        }
+        Ok(batch)
     }
 
     /// Rows `[from, from + n)` of a generated source, made again.

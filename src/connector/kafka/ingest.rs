@@ -1,7 +1,12 @@
 //! The ingest thread of a source or Kafka-fed table: reads every
 //! partition of the topic, decodes chunks of messages, and writes each
-//! chunk — the rows (a table) or change-log entries (a source), plus the
-//! next offset of every partition it advanced — in one atomic write.
+//! chunk — the rows (a table) or a change-log entry naming the chunk's
+//! offsets with its rows held in memory (a source, see
+//! [`crate::state::held`]), plus the next offset of every partition it
+//! advanced — in one atomic write. While the stream engine has not taken
+//! [`HELD_BYTES`](crate::state::held::HELD_BYTES) of held rows the thread
+//! waits (at most [`HOLD_WAIT`]; then the chunk's rows go into the log
+//! itself).
 //! Rejected messages are counted, listed in `kafka_source_errors` and,
 //! with `dead_letter_topic`, copied there. Partitions added to the topic
 //! later are picked up (read from their beginning). A broker that goes
@@ -39,6 +44,10 @@ use crate::state::{StateError, WriterHandle, keys};
 const METADATA_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a chunk waits to fill before it is written.
 const CHUNK_WAIT: Duration = Duration::from_millis(50);
+/// How long a source's chunk waits for room among the held rows before
+/// its rows are written into the log instead (the stream engine is
+/// stalled or not started yet).
+const HOLD_WAIT: Duration = Duration::from_secs(5);
 
 pub struct IngestHandle {
     stop: Arc<AtomicBool>,
@@ -92,7 +101,7 @@ pub struct Ingest {
     pub runtime: tokio::runtime::Handle,
     /// Validates and converts a decoded batch for the table (types,
     /// NOT NULL, lengths); `Err` names the problem.
-    pub check: Arc<dyn Fn(&Table, &RecordBatch) -> Result<RecordBatch, String> + Send + Sync>,
+    pub check: Arc<CheckFn>,
     /// The table's storage key of a row (primary key or a new row id).
     pub row_key: Arc<dyn Fn(&Table, &RecordBatch, usize) -> Result<Vec<u8>, StateError> + Send + Sync>,
 }
@@ -196,37 +205,22 @@ fn run(ingest: &Ingest, clock: Option<&Arc<SourceClock>>, stop: &AtomicBool, wor
         let refs: Vec<_> = held.iter().map(|m| message_ref(m, &header_names)).collect();
         let Decoded { batch, ops, message, mut rejected } = decoder.decode(&refs);
         let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut first: BTreeMap<i32, i64> = BTreeMap::new();
         for m in &refs {
             let e = next.entry(m.partition).or_insert(m.offset + 1);
             *e = (*e).max(m.offset + 1);
+            let f = first.entry(m.partition).or_insert(m.offset);
+            *f = (*f).min(m.offset);
         }
+        let ranges: Vec<(i32, i64, i64)> = next.iter().map(|(p, to)| (*p, first.get(p).copied().unwrap_or(*to - 1), *to)).collect();
         // Table rules (types, NOT NULL, lengths): reject offending rows.
-        let (batch, ops, message) = match (ingest.check)(table, &batch) {
-            Ok(b) => (b, ops, message),
-            Err(_) => {
-                let mut parts = Vec::new();
-                let mut kept_ops = Vec::new();
-                let mut kept_msgs = Vec::new();
-                for i in 0..batch.num_rows() {
-                    match (ingest.check)(table, &batch.slice(i, 1)) {
-                        Ok(b) => {
-                            parts.push(b);
-                            kept_ops.push(ops[i]);
-                            kept_msgs.push(message[i]);
-                        }
-                        Err(e) => {
-                            let m = &refs[message[i]];
-                            rejected.push(crate::connector::decode::Rejected { partition: m.partition, offset: m.offset, error: e });
-                        }
-                    }
-                }
-                let merged = if parts.is_empty() {
-                    RecordBatch::new_empty(table.schema.clone())
-                } else {
-                    datafusion::arrow::compute::concat_batches(&parts[0].schema(), &parts)?
-                };
-                (merged, kept_ops, kept_msgs)
-            }
+        let (batch, kept) = checked(ingest.check.as_ref(), table, batch, |i, e| {
+            let m = &refs[message[i]];
+            rejected.push(crate::connector::decode::Rejected { partition: m.partition, offset: m.offset, error: e });
+        })?;
+        let (ops, message): (Vec<RowOp>, Vec<usize>) = match kept {
+            None => (ops, message),
+            Some(kept) => kept.iter().map(|&i| (ops[i], message[i])).unzip(),
         };
         // Dead letters first: at least once, before the offsets move on.
         if let (Some(producer), Some(topic)) = (&dead_letters, &opts.dead_letter_topic) {
@@ -252,7 +246,10 @@ fn run(ingest: &Ingest, clock: Option<&Arc<SourceClock>>, stop: &AtomicBool, wor
             Some(c) => Some((c.clone(), c.chunk_maxima(&batch, |i| refs[message[i]].partition, next.keys().copied())?)),
             None => None,
         };
-        if !write_chunk(ingest, batch, ops, &next, maxima)? {
+        // A source's rows are held in memory, unless the stream engine is
+        // too far behind to take them.
+        let hold = table.def.source && ingest.writer.held().wait_for_room(HOLD_WAIT);
+        if !write_chunk(ingest, batch, ops, &next, maxima, hold.then_some(ranges))? {
             return Ok(()); // the table was dropped
         }
         {
@@ -281,6 +278,41 @@ fn run(ingest: &Ingest, clock: Option<&Arc<SourceClock>>, stop: &AtomicBool, wor
         }
         let _ = client.commit(&tpl, CommitMode::Async);
     }
+}
+
+/// The check function of [`Ingest`].
+pub type CheckFn = dyn Fn(&Table, &RecordBatch) -> Result<RecordBatch, String> + Send + Sync;
+
+/// `batch` as the table takes it (types, NOT NULL, lengths): rows that
+/// break a rule are dropped and passed to `reject` (their position and
+/// the error). Also returns, when some were dropped, the positions of the
+/// rows kept.
+pub fn checked(
+    check: &CheckFn,
+    table: &Table,
+    batch: RecordBatch,
+    mut reject: impl FnMut(usize, String),
+) -> ConnectorResult<(RecordBatch, Option<Vec<usize>>)> {
+    if let Ok(b) = check(table, &batch) {
+        return Ok((b, None));
+    }
+    let mut parts = Vec::new();
+    let mut kept = Vec::new();
+    for i in 0..batch.num_rows() {
+        match check(table, &batch.slice(i, 1)) {
+            Ok(b) => {
+                parts.push(b);
+                kept.push(i);
+            }
+            Err(e) => reject(i, e),
+        }
+    }
+    let merged = if parts.is_empty() {
+        RecordBatch::new_empty(table.schema.clone())
+    } else {
+        datafusion::arrow::compute::concat_batches(&parts[0].schema(), &parts)?
+    };
+    Ok((merged, Some(kept)))
 }
 
 fn count_rows(refs: &[crate::connector::decode::MessageRef<'_>], message: &[usize]) -> BTreeMap<i32, u64> {
@@ -374,9 +406,17 @@ fn idle_tick(ingest: &Ingest, clock: &Arc<SourceClock>, tried: &mut Option<i64>)
 /// The chunk's largest watermark value per partition, and the clock.
 type ChunkTimes = Option<(Arc<SourceClock>, BTreeMap<i32, Option<i64>>)>;
 
-/// One atomic write: the chunk's rows (or log entries), the offsets, and
-/// with a watermark the partitions' clocks and a marker.
-fn write_chunk(ingest: &Ingest, batch: RecordBatch, ops: Vec<RowOp>, next: &BTreeMap<i32, i64>, times: ChunkTimes) -> ConnectorResult<bool> {
+/// One atomic write: the chunk's rows (or log entries: with `held`, the
+/// offsets read, the rows held in memory), the offsets, and with a
+/// watermark the partitions' clocks and a marker.
+fn write_chunk(
+    ingest: &Ingest,
+    batch: RecordBatch,
+    ops: Vec<RowOp>,
+    next: &BTreeMap<i32, i64>,
+    times: ChunkTimes,
+    held: Option<Vec<(i32, i64, i64)>>,
+) -> ConnectorResult<bool> {
     let table = ingest.table.clone();
     let next = next.clone();
     let row_key = ingest.row_key.clone();
@@ -385,8 +425,15 @@ fn write_chunk(ingest: &Ingest, batch: RecordBatch, ops: Vec<RowOp>, next: &BTre
         if txn.get(&keys::meta_table_key(id))?.is_none() {
             return Err(StateError::rejected("42P01", format!("relation \"{}\" was dropped", table.name())));
         }
+        let rows = batch.num_rows() as u64;
         let mut capacity = 64;
+        if let Some(ranges) = &held {
+            txn.log_append_held(id, ranges, batch.clone());
+        }
         for row in 0..batch.num_rows() {
+            if held.is_some() {
+                break;
+            }
             let mut value = Vec::with_capacity(capacity);
             if table.def.source {
                 encode_row(batch.columns(), row, &mut value)?;
@@ -410,7 +457,7 @@ fn write_chunk(ingest: &Ingest, batch: RecordBatch, ops: Vec<RowOp>, next: &BTre
         if let Some((clock, maxima)) = &times {
             clock.in_write(txn, id, maxima);
         }
-        Ok(batch.num_rows() as u64)
+        Ok(rows)
     }));
     match written {
         Ok(_) => Ok(true),
