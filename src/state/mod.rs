@@ -3,8 +3,10 @@
 //! Owns the data directory (and its lock file), the key encoding
 //! ([`keys`]), the row codec ([`row`]), snapshot scans ([`scan`]) and the
 //! single writer that applies every mutation with group commit
-//! ([`writer`]). Invariant: a write is acknowledged only after the WAL
-//! holding it has been synced to disk.
+//! ([`writer`]), and the Kafka sources' rows handed to the stream engine
+//! in memory next to the change log entries that name them ([`held`]).
+//! Invariant: a write is acknowledged only after the WAL holding it has
+//! been synced to disk.
 
 pub mod held;
 pub mod keys;
