@@ -237,7 +237,12 @@ async fn sinks_read_back_by_a_consumer() {
         &format!("CREATE SINK changes FROM by_customer WITH ({}, primary_key = 'customer') FORMAT DEBEZIUM ENCODE JSON", with(&cdc_out)),
     )
     .await;
-    exec(&c, &format!("CREATE SINK slow_pages AS SELECT page, ms FROM clicks WHERE ms > 100 WITH ({}) FORMAT PLAIN ENCODE JSON", with(&plain_out))).await;
+    exec(
+        &c,
+        &format!("CREATE SINK slow_pages AS SELECT page, ms FROM clicks WHERE ms > 100 WITH ({}, sink.headers = 'true') FORMAT PLAIN ENCODE JSON", with(&plain_out)),
+    )
+    .await;
+    assert_eq!(error_code(&c, &format!("CREATE SINK h AS SELECT page FROM clicks WITH ({}, sink.headers = 'maybe')", with(&plain_out))).await, "22023");
     exec(&c, &format!("CREATE SINK forced FROM by_customer WITH ({}, force_append_only = 'true')", with(&plain_out))).await;
     exec(&c, "DROP SINK forced").await;
 
@@ -265,10 +270,12 @@ async fn sinks_read_back_by_a_consumer() {
             let mut values: Vec<String> = plain.iter().filter_map(|r| r.value.clone()).collect();
             values.sort();
             assert_eq!(values, vec![r#"{"page":"/b","ms":150}"#, r#"{"page":"/c","ms":300}"#]);
-            // Every record names its sink, epoch and sequence number.
+            // With sink.headers, every record names its sink, epoch and
+            // sequence number; exactly-once sinks carry none by default.
             assert!(plain.iter().all(|r| ["eddy.sink", "eddy.epoch", "eddy.seq"]
                 .iter()
                 .all(|h| r.headers.iter().any(|(k, _)| k == h))));
+            assert!(read_all(&upsert_out).iter().all(|r| r.headers.is_empty()));
             break;
         }
         assert!(std::time::Instant::now() < deadline, "upsert topic state {state:?}, plain {plain:?}");

@@ -14,8 +14,9 @@
 //! and drops outbox epochs at or below it without sending them again.
 //!
 //! **at_least_once**: the idempotent producer; a crash after a send and
-//! before the outbox delete sends that epoch again. Both modes stamp each
-//! record with headers `eddy.sink`, `eddy.epoch`, `eddy.seq`.
+//! before the outbox delete sends that epoch again; each record carries
+//! headers `eddy.sink`, `eddy.epoch`, `eddy.seq` to deduplicate on
+//! (`sink.headers` turns them on or off in either mode).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -305,9 +306,11 @@ async fn publish_pending(p: &Publisher, producer: &Prod, published: &mut Option<
             let topic = p.opts.topic.clone();
             let id = p.transactional_id.clone();
             let timeout = transaction_timeout(&p.opts);
+            let headers = p.opts.headers();
             sent = blocking(move || {
                 let started = std::time::Instant::now();
-                send_epoch(&prod, &topic, sink_id, epoch, &chunks, exactly_once.then_some(id.as_str()))
+                let epoch = Epoch { sink_id, epoch, headers };
+                send_epoch(&prod, &topic, &epoch, &chunks, exactly_once.then_some(id.as_str()))
                     .map_err(|e| timed_out_not_fenced(e, started.elapsed(), timeout))
             })
             .await?;
@@ -354,11 +357,18 @@ fn timed_out_not_fenced(e: ConnectorError, open_for: Duration, timeout: Duration
 /// Sends one epoch's records and waits until every one is acknowledged;
 /// with a transactional id, inside one transaction that also holds the
 /// progress record (aborted on any failure). Blocking.
-fn send_epoch(producer: &BaseProducer<Deliveries>, topic: &str, sink_id: u64, epoch: u64, chunks: &[Vec<u8>], txn: Option<&str>) -> ConnectorResult<u64> {
+/// The epoch a publisher sends, and whether its records carry headers.
+struct Epoch {
+    sink_id: u64,
+    epoch: u64,
+    headers: bool,
+}
+
+fn send_epoch(producer: &BaseProducer<Deliveries>, topic: &str, e: &Epoch, chunks: &[Vec<u8>], txn: Option<&str>) -> ConnectorResult<u64> {
     if txn.is_some() {
         producer.begin_transaction()?;
     }
-    let result = send_records(producer, topic, sink_id, epoch, chunks, txn);
+    let result = send_records(producer, topic, e, chunks, txn);
     if result.is_err() && txn.is_some() {
         let _ = producer.abort_transaction(TXN_TIMEOUT);
     }
@@ -371,9 +381,10 @@ fn send_epoch(producer: &BaseProducer<Deliveries>, topic: &str, sink_id: u64, ep
     Ok(sent)
 }
 
-fn send_records(producer: &BaseProducer<Deliveries>, topic: &str, sink_id: u64, epoch: u64, chunks: &[Vec<u8>], txn: Option<&str>) -> ConnectorResult<u64> {
+fn send_records(producer: &BaseProducer<Deliveries>, topic: &str, e: &Epoch, chunks: &[Vec<u8>], txn: Option<&str>) -> ConnectorResult<u64> {
     use std::fmt::Write;
-    let sink_text = sink_id.to_string();
+    let epoch = e.epoch;
+    let sink_text = e.sink_id.to_string();
     let epoch_text = epoch.to_string();
     let mut seq_text = String::new();
     let mut seq = 0u64;
@@ -381,14 +392,18 @@ fn send_records(producer: &BaseProducer<Deliveries>, topic: &str, sink_id: u64, 
     let mut refused: Option<KafkaError> = None;
     for value in chunks {
         for_each_outbox_record(value, |key, payload| {
-            seq_text.clear();
-            let _ = write!(seq_text, "{seq}");
+            let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
+            if e.headers {
+                seq_text.clear();
+                let _ = write!(seq_text, "{seq}");
+                rec = rec.headers(
+                    OwnedHeaders::new_with_capacity(3)
+                        .insert(Header { key: "eddy.sink", value: Some(sink_text.as_bytes()) })
+                        .insert(Header { key: "eddy.epoch", value: Some(epoch_text.as_bytes()) })
+                        .insert(Header { key: "eddy.seq", value: Some(seq_text.as_bytes()) }),
+                );
+            }
             seq += 1;
-            let headers = OwnedHeaders::new_with_capacity(3)
-                .insert(Header { key: "eddy.sink", value: Some(sink_text.as_bytes()) })
-                .insert(Header { key: "eddy.epoch", value: Some(epoch_text.as_bytes()) })
-                .insert(Header { key: "eddy.seq", value: Some(seq_text.as_bytes()) });
-            let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).headers(headers);
             if let Some(k) = key {
                 rec = rec.key(k);
             }
