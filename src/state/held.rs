@@ -56,8 +56,9 @@ impl HeldRows {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Holds the batches of entry `seq` (the writer, once it is durable).
-    pub(super) fn insert(&self, seq: u64, held: Vec<(u64, RecordBatch)>) {
+    /// Holds the batches of entry `seq` (the writer, once it is durable;
+    /// the stream coordinator, putting back what a failed read took).
+    pub fn insert(&self, seq: u64, held: Vec<(u64, RecordBatch)>) {
         if held.is_empty() {
             return;
         }

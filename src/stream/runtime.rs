@@ -414,6 +414,21 @@ impl Coordinator {
     }
 
     async fn dispatch(&mut self, entries: &[(u64, Vec<u8>)]) -> StreamResult<()> {
+        let mut taken = Vec::new();
+        let result = self.dispatch_taking(entries, &mut taken).await;
+        if result.is_err() {
+            // Held rows go back for the retry (instead of being read from
+            // Kafka again).
+            for (seq, table_id, batch) in taken {
+                self.writer.held().insert(seq, vec![(table_id, batch)]);
+            }
+        }
+        result
+    }
+
+    /// [`Coordinator::dispatch`], listing the held batches it takes in
+    /// `taken` until everything is sent.
+    async fn dispatch_taking(&mut self, entries: &[(u64, Vec<u8>)], taken: &mut Vec<(u64, u64, RecordBatch)>) -> StreamResult<()> {
         // Decode the whole chunk first: an entry that cannot be decoded
         // must not leave part of the chunk delivered (it would be delivered
         // again when the chunk is retried).
@@ -431,6 +446,9 @@ impl Coordinator {
                     let batch = self.writer.held().take(*seq, change.table_id).filter(|_| !crate::failpoint::on("forget_held_rows"));
                     if !subscribed.contains(&change.table_id) {
                         continue;
+                    }
+                    if let Some(b) = &batch {
+                        taken.push((*seq, change.table_id, b.clone()));
                     }
                     match batch {
                         Some(b) => Some(b),

@@ -427,7 +427,8 @@ fn write_chunk(
         }
         let rows = batch.num_rows() as u64;
         let mut capacity = 64;
-        if let Some(ranges) = &held {
+        if let Some(ranges) = held.as_ref().filter(|_| rows > 0) {
+            // (A chunk of rejected messages only moves the offsets.)
             txn.log_append_held(id, ranges, batch.clone());
         }
         for row in 0..batch.num_rows() {
