@@ -37,6 +37,7 @@ use crate::connector::decode::{Decoded, RowOp};
 use crate::connector::metrics::SourceStats;
 use crate::connector::spec::Startup;
 use crate::connector::{ConnectorError, ConnectorResult};
+use crate::state::held::HELD_BYTES;
 use crate::state::row::encode_row;
 use crate::state::{StateError, WriterHandle, keys};
 
@@ -46,7 +47,8 @@ const METADATA_INTERVAL: Duration = Duration::from_secs(5);
 const CHUNK_WAIT: Duration = Duration::from_millis(50);
 /// How long a source's chunk waits for room among the held rows before
 /// its rows are written into the log instead (the stream engine is
-/// stalled or not started yet).
+/// stalled or not started yet); later chunks do not wait until half of
+/// [`HELD_BYTES`] is taken.
 const HOLD_WAIT: Duration = Duration::from_secs(5);
 
 pub struct IngestHandle {
@@ -160,6 +162,8 @@ fn run(ingest: &Ingest, clock: Option<&Arc<SourceClock>>, stop: &AtomicBool, wor
     // The idle-advance last written (so a source no view reads is not
     // written to every poll).
     let mut idle_tried: Option<i64> = None;
+    // Writing chunks' rows into the log (see HOLD_WAIT).
+    let mut spilling = false;
     loop {
         if stop.load(Ordering::SeqCst) {
             return Ok(());
@@ -247,8 +251,14 @@ fn run(ingest: &Ingest, clock: Option<&Arc<SourceClock>>, stop: &AtomicBool, wor
             None => None,
         };
         // A source's rows are held in memory, unless the stream engine is
-        // too far behind to take them.
-        let hold = table.def.source && ingest.writer.held().wait_for_room(HOLD_WAIT);
+        // too far behind to take them: after one wait in vain, chunks go
+        // into the log without waiting until half the held rows are taken.
+        let hold = table.def.source && {
+            let held = ingest.writer.held();
+            let room = if spilling { held.bytes() <= HELD_BYTES / 2 } else { held.wait_for_room(HOLD_WAIT) };
+            spilling = !room;
+            room
+        };
         if !write_chunk(ingest, batch, ops, &next, maxima, hold.then_some(ranges))? {
             return Ok(()); // the table was dropped
         }
