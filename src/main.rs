@@ -67,15 +67,23 @@ const MI_OPTION_OS_TAG: libmimalloc_sys::mi_option_t = 18;
 /// in the environment wins. Left alone if the options are not where this
 /// version keeps them (the OS tag's default is the check).
 fn set_purge_delay() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
-        return;
+    set_mi_option("MIMALLOC_PURGE_DELAY", MI_OPTION_PURGE_DELAY, 100);
+}
+
+/// Sets mimalloc option `option` to `value` unless `env` is in the
+/// environment or the options are not where this version keeps them;
+/// returns whether the environment left it to eddy.
+fn set_mi_option(env: &str, option: libmimalloc_sys::mi_option_t, value: std::ffi::c_long) -> bool {
+    if std::env::var_os(env).is_some() {
+        return false;
     }
     // SAFETY: reading and setting an allocator option; no memory is touched.
     unsafe {
         if libmimalloc_sys::mi_option_get(MI_OPTION_OS_TAG) == 100 {
-            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 100);
+            libmimalloc_sys::mi_option_set(option, value);
         }
     }
+    true
 }
 
 /// mimalloc's `mi_option_allow_thp` (v3).
@@ -85,21 +93,18 @@ const MI_OPTION_ALLOW_THP: libmimalloc_sys::mi_option_t = 43;
 /// arenas (`MADV_HUGEPAGE`), and then every first touch of a 2 MiB
 /// region — again after each purge — zeroes the whole of it in the page
 /// fault. That was a quarter of Nexmark q5's CPU (`clear_page_erms`);
-/// without them q5 runs 15-20% faster and the generated benchmarks'
-/// peak memory is 20-40 MiB lower at the same speed. The process flag
+/// without them the generated benchmarks' peak memory is 20-40 MiB
+/// lower at the same speed (q5 and q7 within their run-to-run spread,
+/// `docs/benchmarks.md`). The process flag
 /// (`PR_SET_THP_DISABLE`) also covers the arena mimalloc mapped before
 /// `main`. `MIMALLOC_ALLOW_THP` in the environment wins.
 fn disable_huge_pages() {
-    if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
+    if !set_mi_option("MIMALLOC_ALLOW_THP", MI_OPTION_ALLOW_THP, 0) {
         return;
     }
-    // SAFETY: setting an allocator option (no memory is touched) and a
-    // process flag; called before any other thread exists.
+    // SAFETY: sets a process flag; called before any other thread exists.
+    #[cfg(target_os = "linux")]
     unsafe {
-        if libmimalloc_sys::mi_option_get(MI_OPTION_OS_TAG) == 100 {
-            libmimalloc_sys::mi_option_set(MI_OPTION_ALLOW_THP, 0);
-        }
-        #[cfg(target_os = "linux")]
         libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
     }
 }

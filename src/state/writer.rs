@@ -213,17 +213,14 @@ impl Txn<'_> {
 
     /// Appends a chunk of Kafka source `table_id` to the change log: the
     /// offsets it read (`ranges`: partition, from, to), its rows held in
-    /// memory for the stream engine (see [`super::held`]). Returns whether
-    /// it was logged (not when no view reads the source: `rows` is
-    /// dropped).
-    pub fn log_append_held(&mut self, table_id: u64, ranges: &[(i32, i64, i64)], rows: RecordBatch) -> bool {
-        let logged = self.logged.contains(&table_id);
-        if logged {
+    /// memory for the stream engine (see [`super::held`]); dropped when
+    /// no view reads the source.
+    pub fn log_append_held(&mut self, table_id: u64, ranges: &[(i32, i64, i64)], rows: RecordBatch) {
+        if self.logged.contains(&table_id) {
             let n = u32::try_from(rows.num_rows()).unwrap_or(u32::MAX);
             self.appended.push((table_id, super::log::HELD, super::log::encode_held(n, ranges)));
             self.held.push((table_id, rows));
         }
-        logged
     }
 
     /// Appends a watermark marker of Kafka source or table `table_id` to

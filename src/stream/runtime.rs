@@ -450,10 +450,10 @@ impl Coordinator {
                     if let Some(b) = &batch {
                         taken.push((*seq, change.table_id, b.clone()));
                     }
-                    match batch {
-                        Some(b) => Some(b),
-                        None => Some(self.refetch(change.table_id, change.row).await?),
-                    }
+                    Some(match batch {
+                        Some(b) => b,
+                        None => self.refetch(change.table_id, change.row).await?,
+                    })
                 } else {
                     None
                 };

@@ -33,6 +33,7 @@ use crate::connector::reader::lock;
 use super::clock::SourceClock;
 use super::{CHUNK_MESSAGES, consumer, decoder_for, message_ref, start_offset, stored_offsets};
 use crate::catalog::Table;
+use crate::connector::datagen::ingest::{CheckFn, RowKeyFn};
 use crate::connector::decode::{Decoded, RowOp};
 use crate::connector::metrics::SourceStats;
 use crate::connector::spec::Startup;
@@ -103,9 +104,9 @@ pub struct Ingest {
     pub runtime: tokio::runtime::Handle,
     /// Validates and converts a decoded batch for the table (types,
     /// NOT NULL, lengths); `Err` names the problem.
-    pub check: Arc<CheckFn>,
+    pub check: CheckFn,
     /// The table's storage key of a row (primary key or a new row id).
-    pub row_key: Arc<dyn Fn(&Table, &RecordBatch, usize) -> Result<Vec<u8>, StateError> + Send + Sync>,
+    pub row_key: RowKeyFn,
 }
 
 /// Starts `workers` threads; worker `i` reads the partitions `p` with
@@ -208,15 +209,15 @@ fn run(ingest: &Ingest, clock: Option<&Arc<SourceClock>>, stop: &AtomicBool, wor
         }
         let refs: Vec<_> = held.iter().map(|m| message_ref(m, &header_names)).collect();
         let Decoded { batch, ops, message, mut rejected } = decoder.decode(&refs);
-        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
-        let mut first: BTreeMap<i32, i64> = BTreeMap::new();
+        // Per partition the offsets read, [first, next).
+        let mut spans: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
         for m in &refs {
-            let e = next.entry(m.partition).or_insert(m.offset + 1);
-            *e = (*e).max(m.offset + 1);
-            let f = first.entry(m.partition).or_insert(m.offset);
-            *f = (*f).min(m.offset);
+            let (first, next) = spans.entry(m.partition).or_insert((m.offset, m.offset + 1));
+            *first = (*first).min(m.offset);
+            *next = (*next).max(m.offset + 1);
         }
-        let ranges: Vec<(i32, i64, i64)> = next.iter().map(|(p, to)| (*p, first.get(p).copied().unwrap_or(*to - 1), *to)).collect();
+        let next: BTreeMap<i32, i64> = spans.iter().map(|(p, (_, to))| (*p, *to)).collect();
+        let ranges: Vec<(i32, i64, i64)> = spans.into_iter().map(|(p, (from, to))| (p, from, to)).collect();
         // Table rules (types, NOT NULL, lengths): reject offending rows.
         let (batch, kept) = checked(ingest.check.as_ref(), table, batch, |i, e| {
             let m = &refs[message[i]];
@@ -290,15 +291,13 @@ fn run(ingest: &Ingest, clock: Option<&Arc<SourceClock>>, stop: &AtomicBool, wor
     }
 }
 
-/// The check function of [`Ingest`].
-pub type CheckFn = dyn Fn(&Table, &RecordBatch) -> Result<RecordBatch, String> + Send + Sync;
 
 /// `batch` as the table takes it (types, NOT NULL, lengths): rows that
 /// break a rule are dropped and passed to `reject` (their position and
 /// the error). Also returns, when some were dropped, the positions of the
 /// rows kept.
 pub fn checked(
-    check: &CheckFn,
+    check: &dyn Fn(&Table, &RecordBatch) -> Result<RecordBatch, String>,
     table: &Table,
     batch: RecordBatch,
     mut reject: impl FnMut(usize, String),
@@ -436,30 +435,30 @@ fn write_chunk(
             return Err(StateError::rejected("42P01", format!("relation \"{}\" was dropped", table.name())));
         }
         let rows = batch.num_rows() as u64;
-        let mut capacity = 64;
-        if let Some(ranges) = held.as_ref().filter(|_| rows > 0) {
+        if let Some(ranges) = &held {
             // (A chunk of rejected messages only moves the offsets.)
-            txn.log_append_held(id, ranges, batch.clone());
-        }
-        for row in 0..batch.num_rows() {
-            if held.is_some() {
-                break;
+            if rows > 0 {
+                txn.log_append_held(id, ranges, batch);
             }
-            let mut value = Vec::with_capacity(capacity);
-            if table.def.source {
-                encode_row(batch.columns(), row, &mut value)?;
-                capacity = capacity.max(value.len());
-                txn.log_append(id, value);
-                continue;
-            }
-            let key = row_key(&table, &batch, row)?;
-            match ops[row] {
-                RowOp::Upsert => {
+        } else {
+            let mut capacity = 64;
+            for row in 0..batch.num_rows() {
+                let mut value = Vec::with_capacity(capacity);
+                if table.def.source {
                     encode_row(batch.columns(), row, &mut value)?;
                     capacity = capacity.max(value.len());
-                    txn.put(key, value);
+                    txn.log_append(id, value);
+                    continue;
                 }
-                RowOp::Delete => txn.delete(key),
+                let key = row_key(&table, &batch, row)?;
+                match ops[row] {
+                    RowOp::Upsert => {
+                        encode_row(batch.columns(), row, &mut value)?;
+                        capacity = capacity.max(value.len());
+                        txn.put(key, value);
+                    }
+                    RowOp::Delete => txn.delete(key),
+                }
             }
         }
         for (p, o) in &next {

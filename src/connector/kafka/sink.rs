@@ -354,9 +354,6 @@ fn timed_out_not_fenced(e: ConnectorError, open_for: Duration, timeout: Duration
     ))
 }
 
-/// Sends one epoch's records and waits until every one is acknowledged;
-/// with a transactional id, inside one transaction that also holds the
-/// progress record (aborted on any failure). Blocking.
 /// The epoch a publisher sends, and whether its records carry headers.
 struct Epoch {
     sink_id: u64,
@@ -364,6 +361,9 @@ struct Epoch {
     headers: bool,
 }
 
+/// Sends one epoch's records and waits until every one is acknowledged;
+/// with a transactional id, inside one transaction that also holds the
+/// progress record (aborted on any failure). Blocking.
 fn send_epoch(producer: &BaseProducer<Deliveries>, topic: &str, e: &Epoch, chunks: &[Vec<u8>], txn: Option<&str>) -> ConnectorResult<u64> {
     if txn.is_some() {
         producer.begin_transaction()?;
@@ -383,9 +383,8 @@ fn send_epoch(producer: &BaseProducer<Deliveries>, topic: &str, e: &Epoch, chunk
 
 fn send_records(producer: &BaseProducer<Deliveries>, topic: &str, e: &Epoch, chunks: &[Vec<u8>], txn: Option<&str>) -> ConnectorResult<u64> {
     use std::fmt::Write;
-    let epoch = e.epoch;
     let sink_text = e.sink_id.to_string();
-    let epoch_text = epoch.to_string();
+    let epoch_text = e.epoch.to_string();
     let mut seq_text = String::new();
     let mut seq = 0u64;
     producer.context().take_failure();
@@ -429,9 +428,8 @@ fn send_records(producer: &BaseProducer<Deliveries>, topic: &str, e: &Epoch, chu
         producer.poll(Duration::ZERO);
     }
     if let Some(id) = txn {
-        let progress = epoch.to_string();
         let progress_topic = progress_topic(id);
-        let rec: BaseRecord<'_, str, str> = BaseRecord::to(&progress_topic).key(id).payload(progress.as_str());
+        let rec: BaseRecord<'_, str, str> = BaseRecord::to(&progress_topic).key(id).payload(epoch_text.as_str());
         producer.send(rec).map_err(|(e, _)| e)?;
     }
     producer.flush(TXN_TIMEOUT)?;
