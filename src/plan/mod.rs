@@ -23,6 +23,7 @@ use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
 
 use crate::catalog::{Catalog, MatView, Table};
 
+pub mod durations;
 pub mod interval;
 pub mod session;
 pub mod watermark;
@@ -378,7 +379,8 @@ impl Builder<'_> {
     }
 
     fn phys(&self, e: &Expr, schema: &DFSchema) -> PlanResult<PhysExpr> {
-        Ok(create_physical_expr(e, schema, &self.props, &PhysicalPlanningContext::default())?)
+        let e = durations::fixed_intervals_as_durations(e, schema);
+        Ok(create_physical_expr(&e, schema, &self.props, &PhysicalPlanningContext::default())?)
     }
 
     fn leaf(&mut self, op: Op, schema: SchemaRef, label: String) -> PlanNode {

@@ -11,6 +11,7 @@
 //! in one synced RocksDB write (the checkpoint). Operator state lives in
 //! [`state::StateTable`]s: RocksDB with a bounded in-memory cache.
 
+mod backfill;
 pub mod ops;
 pub mod rows;
 pub mod runtime;

@@ -35,6 +35,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use super::ops::{self, OpContext, Out, SourceInput, materialize::MaterializeOp};
+use super::backfill::{Backfill, backfill, project};
 use super::view_rows::ViewRows;
 use super::state::CacheBudget;
 use super::watermark::{SourceWatermark, WATERMARK_PREFIX, WatermarkStatus, WatermarkStatuses};
@@ -61,7 +62,7 @@ impl Default for StreamConfig {
 }
 
 /// Rows per batch fed into a graph.
-const SOURCE_BATCH_ROWS: usize = 16_384;
+pub(super) const SOURCE_BATCH_ROWS: usize = 16_384;
 
 /// What a chunk of the change log holds for one table, in log order.
 enum Ready {
@@ -908,11 +909,29 @@ impl Coordinator {
         if create {
             let db = self.db.clone();
             let read_seq = self.read_seq;
-            let created = tokio::task::spawn_blocking(move || backfill(&db, read_seq, backfill_inputs))
+            let filled = tokio::task::spawn_blocking(move || backfill(&db, read_seq, backfill_inputs))
                 .await
                 .unwrap_or_else(|e| Err(StreamError::Failed(format!("backfill stopped: {e}"))));
-            match created {
-                Ok(seq) => def.created_seq = seq,
+            match filled {
+                Ok(filled) => {
+                    def.created_seq = filled.created_seq;
+                    // The view has seen its generated sources' watermarks
+                    // reach these values (see `backfill`): the source's
+                    // watermark is at least that for every view.
+                    for (table_id, value) in filled.watermarks {
+                        let advanced = match self.watermarks.get_mut(&table_id).map(|w| w.advance_to(value)) {
+                            Some(Ok(advanced)) => advanced,
+                            Some(Err(e)) => {
+                                self.remove_graph_links(id, &upstream);
+                                return Err(e);
+                            }
+                            None => None,
+                        };
+                        if let Some(value) = advanced {
+                            self.send_watermark(table_id, &value, None).await;
+                        }
+                    }
+                }
                 Err(e) => {
                     self.remove_graph_links(id, &upstream);
                     return Err(e);
@@ -1048,90 +1067,3 @@ static TRIM_SKIPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBo
 
 /// The shortest time between two [`release_free_memory`] trims.
 const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
-
-fn project(batch: &RecordBatch, projection: Option<&[usize]>) -> StreamResult<RecordBatch> {
-    match projection {
-        Some(p) => Ok(batch.project(p)?),
-        None => Ok(batch.clone()),
-    }
-}
-
-enum Backfill {
-    Table { table: Arc<Table>, projection: Option<Vec<usize>>, tx: Sender<Message> },
-    Mv { layout: ViewRows, tx: Sender<Message> },
-}
-
-/// Fills a new view's sources from one snapshot; returns the log position
-/// the snapshot contains (runs on a blocking thread).
-fn backfill(db: &DB, read_seq: u64, inputs: Vec<Backfill>) -> StreamResult<u64> {
-    let snapshot = db.snapshot();
-    let mut it = snapshot.raw_iterator();
-    it.seek_for_prev(prefix_end(&[keys::LOG_PREFIX]));
-    let last_logged = it.key().and_then(keys::log_seq).unwrap_or(0);
-    it.status().map_err(StateError::from)?;
-    drop(it);
-    let created_seq = last_logged.max(read_seq);
-    // A generated source read by several inputs (a HOP's copies, a
-    // self-join) is made once for all of them.
-    let mut generated: Vec<(Arc<Table>, Vec<(Option<Vec<usize>>, Sender<Message>)>)> = Vec::new();
-    let mut others = Vec::new();
-    for input in inputs {
-        match input {
-            Backfill::Table { table, projection, tx } if crate::connector::datagen::is_generated_table(&table) && table.def.source => {
-                match generated.iter_mut().find(|(t, _)| t.id() == table.id()) {
-                    Some((_, targets)) => targets.push((projection, tx)),
-                    None => generated.push((table, vec![(projection, tx)])),
-                }
-            }
-            other => others.push(other),
-        }
-    }
-    for (table, targets) in generated {
-        crate::connector::backfill_source(&snapshot, &table, None, &mut |batch| {
-            for (projection, tx) in &targets {
-                send_blocking(tx, project(&batch, projection.as_deref())?, None)?;
-            }
-            Ok(())
-        })?;
-    }
-    for input in others {
-        match input {
-            Backfill::Table { table, projection, tx } if table.def.source => {
-                crate::connector::backfill_source(&snapshot, &table, projection.as_deref(), &mut |batch| {
-                    send_blocking(&tx, batch, None)
-                })?;
-            }
-            Backfill::Table { table, projection, tx } => {
-                let mut decoder = RowDecoder::new(table.schema.clone(), projection.as_deref(), SOURCE_BATCH_ROWS)?;
-                let prefix = keys::table_prefix(table.id());
-                let mut it = snapshot.raw_iterator();
-                it.seek(&prefix);
-                while it.valid() {
-                    let (Some(k), Some(v)) = (it.key(), it.value()) else { break };
-                    if !k.starts_with(&prefix) {
-                        break;
-                    }
-                    decoder.push(v)?;
-                    if decoder.len() >= SOURCE_BATCH_ROWS {
-                        send_blocking(&tx, decoder.flush()?, None)?;
-                    }
-                    it.next();
-                }
-                it.status().map_err(StateError::from)?;
-                if !decoder.is_empty() {
-                    send_blocking(&tx, decoder.flush()?, None)?;
-                }
-            }
-            Backfill::Mv { layout, tx } => {
-                layout.read(&snapshot, SOURCE_BATCH_ROWS, &mut |batch, counts| send_blocking(&tx, batch, Some(counts)))?;
-            }
-        }
-    }
-    Ok(created_seq)
-}
-
-fn send_blocking(tx: &Sender<Message>, batch: RecordBatch, weights: Option<Vec<i64>>) -> StreamResult<()> {
-    let n = batch.num_rows();
-    let weights = Int64Array::from(weights.unwrap_or_else(|| vec![1; n]));
-    tx.blocking_send(Message::Data(Changes::new(batch, weights))).map_err(|_| StreamError::Stopped)
-}

@@ -18,7 +18,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, BooleanArray, Int64Array, RecordBatch};
-use datafusion::arrow::datatypes::{DataType, TimeUnit};
+use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::logical_expr::{Expr, Operator};
 use datafusion::prelude::SessionContext;
@@ -131,22 +131,7 @@ fn fixed_delay(expr: &Expr, column: &str, data_type: &DataType) -> Option<i64> {
     if b.op != Operator::Minus || !is_column(&b.left) {
         return None;
     }
-    let nanos: i128 = match b.right.as_ref() {
-        Expr::Literal(ScalarValue::IntervalMonthDayNano(Some(v)), _) if v.months == 0 && (v.days == 0 || tz.is_none()) => {
-            i128::from(v.days) * 86_400_000_000_000 + i128::from(v.nanoseconds)
-        }
-        Expr::Literal(ScalarValue::IntervalDayTime(Some(v)), _) if v.days == 0 || tz.is_none() => {
-            (i128::from(v.days) * 86_400_000 + i128::from(v.milliseconds)) * 1_000_000
-        }
-        _ => return None,
-    };
-    let per_unit: i128 = match unit {
-        TimeUnit::Second => 1_000_000_000,
-        TimeUnit::Millisecond => 1_000_000,
-        TimeUnit::Microsecond => 1_000,
-        TimeUnit::Nanosecond => 1,
-    };
-    (nanos % per_unit == 0).then(|| i64::try_from(nanos / per_unit).ok()).flatten()
+    crate::plan::durations::fixed_length(&b.right, unit, tz.is_some())
 }
 
 impl SourceWatermark {
@@ -285,7 +270,8 @@ impl SourceWatermark {
         Ok(Some(value))
     }
 
-    fn current_i64(&self) -> Option<i64> {
+    /// The current watermark as an integer in the column's unit.
+    pub fn current_i64(&self) -> Option<i64> {
         match self.current.as_ref()?.cast_to(&DataType::Int64).ok()? {
             ScalarValue::Int64(v) => v,
             _ => None,
