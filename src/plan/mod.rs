@@ -26,6 +26,7 @@ use crate::catalog::{Catalog, MatView, Table};
 pub mod durations;
 pub mod interval;
 pub mod session;
+pub mod shared;
 pub mod watermark;
 pub mod window;
 
@@ -1101,13 +1102,18 @@ impl StreamPlan {
             "Materialize: view={name}, columns=[{}], state={state} (the view's contents)",
             names(&mut (0..self.schema.fields().len()))
         )];
-        fn walk(n: &PlanNode, depth: usize, out: &mut Vec<String>) {
+        let duplicates = shared::duplicates(&self.root);
+        fn walk(n: &PlanNode, depth: usize, out: &mut Vec<String>, duplicates: &std::collections::HashMap<u32, u32>) {
+            if let Some(first) = duplicates.get(&n.id) {
+                out.push(format!("{}{} [node {}: shares node {first}'s operators and output]", "  ".repeat(depth), n.label, n.id));
+                return;
+            }
             out.push(format!("{}{} [node {}]", "  ".repeat(depth), n.label, n.id));
             for i in &n.inputs {
-                walk(i, depth + 1, out);
+                walk(i, depth + 1, out, duplicates);
             }
         }
-        walk(&self.root, 1, &mut lines);
+        walk(&self.root, 1, &mut lines, &duplicates);
         lines
     }
 }

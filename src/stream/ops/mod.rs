@@ -15,6 +15,7 @@ pub mod session;
 pub mod sink;
 pub mod topn;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use futures::future::select_all;
@@ -100,6 +101,31 @@ pub enum SourceInput {
 /// Spawns the tasks of `node`'s subtree; returns its output channel. The
 /// channels the runtime must feed are added to `sources`.
 pub fn spawn(node: PlanNode, ctx: &Arc<OpContext>, sources: &mut Vec<SourceInput>) -> StreamResult<Receiver<Message>> {
+    let mut shared = Shared { duplicates: crate::plan::shared::duplicates(&node), outputs: HashMap::new() };
+    spawn_node(node, ctx, sources, &mut shared)
+}
+
+/// The common subplans of one plan ([`crate::plan::shared`]): which nodes
+/// repeat an earlier one, and the output lists of the earlier ones.
+struct Shared {
+    duplicates: HashMap<u32, u32>,
+    outputs: HashMap<u32, Arc<Mutex<Vec<Sender<Message>>>>>,
+}
+
+fn spawn_node(
+    node: PlanNode,
+    ctx: &Arc<OpContext>,
+    sources: &mut Vec<SourceInput>,
+    shared: &mut Shared,
+) -> StreamResult<Receiver<Message>> {
+    // A repeat takes its own channel from the subtree that runs (spawned
+    // already: it comes first in pre-order and cannot contain its repeat).
+    if let Some(first) = shared.duplicates.get(&node.id) {
+        let list = shared.outputs.get(first).ok_or_else(|| super::StreamError::Corrupt("shared operator".into()))?;
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        list.lock().map_err(|_| super::StreamError::Corrupt("shared operator".into()))?.push(tx);
+        return Ok(rx);
+    }
     let PlanNode { id, op, schema, inputs, .. } = node;
     let input_schemas: Vec<_> = inputs.iter().map(|i| i.schema.clone()).collect();
     let input_append_only = inputs.first().is_some_and(crate::plan::append_only);
@@ -108,7 +134,7 @@ pub fn spawn(node: PlanNode, ctx: &Arc<OpContext>, sources: &mut Vec<SourceInput
     };
     let mut input_rx = Vec::new();
     for i in inputs {
-        input_rx.push(spawn(i, ctx, sources)?);
+        input_rx.push(spawn_node(i, ctx, sources, shared)?);
     }
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
     let operator: Box<dyn Operator> = match op {
@@ -164,13 +190,26 @@ pub fn spawn(node: PlanNode, ctx: &Arc<OpContext>, sources: &mut Vec<SourceInput
             ctx.state_table(id),
         )?),
     };
-    tokio::spawn(run(operator, input_rx, Out::One(tx), ctx.clone()));
+    let out = match shared.duplicates.values().any(|first| *first == id) {
+        true => {
+            let list = Arc::new(Mutex::new(vec![tx]));
+            shared.outputs.insert(id, list.clone());
+            Out::Many(list)
+        }
+        false => Out::One(tx),
+    };
+    tokio::spawn(run(operator, input_rx, out, ctx.clone()));
     Ok(rx)
 }
 
 /// Where an operator's output goes.
 pub enum Out {
     One(Sender<Message>),
+    /// A subtree that several parts of the plan read ([`Shared`]): every
+    /// message goes to each of them in turn, so they see the same stream
+    /// in step (a consumer waiting at a barrier for another input never
+    /// waits for a message the others have not been sent).
+    Many(Arc<Mutex<Vec<Sender<Message>>>>),
     /// The materialize operator: every subscribed downstream view, and a
     /// `Done` ack after each barrier.
     Subscribers(Arc<Mutex<Vec<(u64, Sender<Message>)>>>),
@@ -180,6 +219,15 @@ impl Out {
     async fn send(&self, msg: Message) -> bool {
         match self {
             Out::One(tx) => tx.send(msg).await.is_ok(),
+            Out::Many(list) => {
+                let targets: Vec<Sender<Message>> = list.lock().map(|l| l.clone()).unwrap_or_default();
+                for t in targets {
+                    if t.send(msg.clone()).await.is_err() {
+                        return false;
+                    }
+                }
+                true
+            }
             Out::Subscribers(list) => {
                 let targets: Vec<Sender<Message>> =
                     list.lock().map(|l| l.iter().map(|(_, t)| t.clone()).collect()).unwrap_or_default();
