@@ -241,9 +241,22 @@ impl StateTable {
         }
         let value = Some(value);
         let size = entry_size(&key, &value);
-        self.dirty.push(key.clone());
-        self.cache.insert(key, Entry { value, dirty: true, durable: false, epoch: 0 });
+        self.cache.insert(key.clone(), Entry { value, dirty: true, durable: false, epoch: 0 });
+        self.mark_dirty(key);
         self.account(size, 0);
+    }
+
+    /// Lists a key as written since the last barrier. Keys forgotten since
+    /// (written and deleted within the epoch) leave the list once it is
+    /// mostly theirs: an epoch can be long (a new view's backfill is one).
+    fn mark_dirty(&mut self, key: Vec<u8>) {
+        self.dirty.push(key);
+        if self.dirty.len() >= 65_536 && self.dirty.len() > 2 * self.cache.len() {
+            let cache = &self.cache;
+            self.dirty.retain(|k| cache.get(k).is_some_and(|e| e.dirty));
+            self.dirty.sort_unstable();
+            self.dirty.dedup();
+        }
     }
 
     pub fn delete(&mut self, key: Vec<u8>) {
@@ -263,15 +276,16 @@ impl StateTable {
             Some(e) => {
                 let old = entry_size(&key, &e.value);
                 e.value = value;
-                if !e.dirty {
-                    e.dirty = true;
-                    self.dirty.push(key);
-                }
+                let mark = !e.dirty;
+                e.dirty = true;
                 self.account(size, old);
+                if mark {
+                    self.mark_dirty(key);
+                }
             }
             None => {
-                self.dirty.push(key.clone());
-                self.cache.insert(key, Entry { value, dirty: true, durable: true, epoch: 0 });
+                self.cache.insert(key.clone(), Entry { value, dirty: true, durable: true, epoch: 0 });
+                self.mark_dirty(key);
                 self.account(size, 0);
             }
         }

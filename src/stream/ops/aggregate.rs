@@ -135,6 +135,10 @@ struct Slot {
     dirty: bool,
     /// The epoch whose checkpoint wrote it (0: read from RocksDB).
     epoch: u64,
+    /// RocksDB holds a state for the group, or will once a checkpoint
+    /// handed one is durable: a group without it may leave memory as soon
+    /// as it has no state (nothing to delete).
+    stored: bool,
 }
 
 /// Approximate heap bytes of a cached group (hash table entry, key and
@@ -344,7 +348,7 @@ impl AggregateOp {
             Some(v) => Some(GroupState::decode(&v, self.aggs.len())?),
             None => None,
         };
-        self.cache_new(group, Slot { state: state.clone(), dirty: false, epoch: 0 });
+        self.cache_new(group, Slot { stored: state.is_some(), state: state.clone(), dirty: false, epoch: 0 });
         Ok(state)
     }
 
@@ -360,6 +364,31 @@ impl AggregateOp {
         }
     }
 
+    /// Drops a group that has no state and never had any in RocksDB from
+    /// memory at once, not at the barrier: an epoch can span many windows
+    /// (a new view's backfill is one epoch), and the closed windows' groups
+    /// would otherwise stay until it ends.
+    fn forget_if_unstored(&mut self, group: &[u8]) {
+        if !self.groups.get(group).is_some_and(|s| s.state.is_none() && !s.stored) {
+            return;
+        }
+        self.groups.remove(group);
+        let size = slot_size(group, self.aggs.len(), self.window.is_some());
+        self.bytes = self.bytes.saturating_sub(size);
+        self.state.budget().adjust(0, size);
+        if let Some(w) = &mut self.window {
+            w.cached.remove(group);
+        }
+        // The list of dirty groups names it until the barrier: keep the
+        // list from growing with forgotten groups.
+        if self.dirty.len() >= 65_536 && self.dirty.len() > 2 * self.groups.len() {
+            let groups = &self.groups;
+            self.dirty.retain(|g| groups.get(g).is_some_and(|s| s.dirty));
+            self.dirty.sort_unstable();
+            self.dirty.dedup();
+        }
+    }
+
     fn store(&mut self, group: &[u8], state: Option<GroupState>) {
         match self.groups.get_mut(group) {
             Some(slot) => {
@@ -370,7 +399,7 @@ impl AggregateOp {
                 }
             }
             None => {
-                self.cache_new(group, Slot { state, dirty: true, epoch: 0 });
+                self.cache_new(group, Slot { state, dirty: true, epoch: 0, stored: false });
                 self.dirty.push(group.to_vec());
             }
         }
@@ -879,6 +908,7 @@ impl Operator for AggregateOp {
                 if slot.dirty {
                     slot.dirty = false;
                     slot.epoch = epoch;
+                    slot.stored |= slot.state.is_some();
                     let key = self.state.full_key(&Self::group_key(&group));
                     writes.push((key, slot.state.as_ref().map(GroupState::encode)));
                 }
@@ -981,6 +1011,7 @@ impl AggregateOp {
             // Without EMIT ON WINDOW CLOSE the view has the group's final
             // row already: its state goes without being read.
             self.store(&group, None);
+            self.forget_if_unstored(&group);
             for (j, spec) in self.aggs.iter().enumerate() {
                 if keeps_multiset(spec, self.append_only) {
                     let prefix = Self::multiset_prefix(j, &group);

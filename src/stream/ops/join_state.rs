@@ -57,6 +57,12 @@ struct Slot {
 }
 
 impl Slot {
+    /// No rows under the key (a slot whose rows are not loaded is empty
+    /// only if its degree says so).
+    fn is_empty(&self) -> bool {
+        self.degree == 0 && self.rows.as_ref().is_none_or(|r| r.is_empty())
+    }
+
     fn new(key: &[u8], degree: i64) -> Self {
         Slot {
             degree,
@@ -84,6 +90,9 @@ pub struct SideIndex {
     /// (this epoch): its degrees are read key by key.
     large: bool,
     evict_memo: EvictMemo,
+    /// Keys left without rows by a barrier that wrote their deletion:
+    /// dropped from memory once that checkpoint is durable.
+    emptied: Vec<(u64, Vec<u8>)>,
 }
 
 impl SideIndex {
@@ -97,6 +106,7 @@ impl SideIndex {
             complete: false,
             large: false,
             evict_memo: EvictMemo::default(),
+            emptied: Vec::new(),
         }
     }
 
@@ -236,28 +246,76 @@ impl SideIndex {
         let old = entry.count;
         entry.count += delta;
         let new = entry.count;
-        if !entry.dirty {
+        let mut freed = 0;
+        if new == 0 && !entry.durable {
+            // Came and went since the last barrier: RocksDB never had it.
+            rows.remove(row);
+            freed = row.len() + ROW_OVERHEAD;
+        } else if !entry.dirty {
             entry.dirty = true;
             slot.changed.push(row.to_vec());
         }
         slot.degree += delta;
-        slot.bytes += added;
+        slot.bytes = (slot.bytes + added).saturating_sub(freed);
+        if slot.is_empty() && !slot.degree_durable && slot.changed.is_empty() {
+            // Nothing of the key to write: forget it now (an epoch can be
+            // long: a new view's backfill is one).
+            freed += slot.bytes;
+            self.slots.remove(key);
+            self.account(added, freed);
+            return Ok((old, new));
+        }
         if !slot.dirty {
             slot.dirty = true;
             self.dirty.push(key.to_vec());
+            self.compact_dirty();
         }
-        self.account(added, 0);
+        self.account(added, freed);
         Ok((old, new))
+    }
+
+    /// Keeps the list of dirty keys from growing with keys forgotten since
+    /// they were added (and with the repeats of keys forgotten and made
+    /// again) during a long epoch.
+    fn compact_dirty(&mut self) {
+        if self.dirty.len() < 65_536 || self.dirty.len() < 2 * self.slots.len() {
+            return;
+        }
+        let slots = &self.slots;
+        self.dirty.retain(|k| slots.get(k).is_some_and(|s| s.dirty));
+        self.dirty.sort_unstable();
+        self.dirty.dedup();
     }
 
     /// Hands this epoch's changes to the checkpoint: each changed row's
     /// multiplicity (or its deletion) and each changed key's degree.
+    ///
+    /// A key left with no rows leaves memory too, or a stream joined on a
+    /// key that keeps changing (q7's prices) would keep one empty entry per
+    /// key it ever saw: at once if nothing of it was ever written (its rows
+    /// came and went within the epoch), else once the checkpoint that
+    /// deletes it is durable (until then RocksDB still holds it).
     pub fn take_dirty(&mut self, state: &StateTable, epoch: u64) -> Vec<StateWrite> {
         let mut writes = Vec::new();
         let mut freed = 0;
+        let committed = self.budget.committed_epoch.load(std::sync::atomic::Ordering::Relaxed);
+        let mut emptied = std::mem::take(&mut self.emptied);
+        emptied.retain(|(e, key)| {
+            if *e > committed {
+                return true;
+            }
+            if self.slots.get(key).is_some_and(|s| s.is_empty() && !s.dirty && s.epoch <= committed) {
+                if let Some(slot) = self.slots.remove(key) {
+                    freed += slot.bytes;
+                }
+            }
+            false
+        });
+        self.emptied = emptied;
         for key in std::mem::take(&mut self.dirty) {
             let degree_key = state.full_key(&self.degree_key(&key));
             let prefix = state.full_key(&self.rows_prefix(&key));
+            let written = writes.len();
             let Some(slot) = self.slots.get_mut(&key) else { continue };
             slot.dirty = false;
             slot.epoch = epoch;
@@ -286,6 +344,14 @@ impl SideIndex {
                     let size = row.len() + ROW_OVERHEAD;
                     slot.bytes -= size.min(slot.bytes);
                     freed += size;
+                }
+            }
+            if slot.is_empty() {
+                if writes.len() == written {
+                    freed += slot.bytes;
+                    self.slots.remove(&key);
+                } else {
+                    self.emptied.push((epoch, key));
                 }
             }
         }
@@ -374,5 +440,35 @@ mod tests {
         assert_eq!(writes.len(), 2);
         assert_eq!(side.degree(&state, b"k").unwrap(), 0);
         assert_eq!(side.degree(&state, b"other").unwrap(), 0);
+    }
+
+    /// Keys left without rows leave memory: at once when nothing of them
+    /// was written, after the deleting checkpoint is durable otherwise.
+    #[test]
+    fn empty_keys_are_forgotten() {
+        let (_dir, db) = open();
+        let budget = CacheBudget::new(usize::MAX);
+        let state = StateTable::new(db.clone(), b"j".to_vec(), budget.clone());
+        let mut side = SideIndex::new(0, budget.clone());
+        side.add(&state, b"brief", b"r", 1).unwrap();
+        side.add(&state, b"brief", b"r", -1).unwrap();
+        side.add(&state, b"kept", b"r", 1).unwrap();
+        for (k, v) in side.take_dirty(&state, 1) {
+            db.put(k, v.unwrap()).unwrap();
+        }
+        assert!(!side.slots.contains_key(b"brief".as_slice()), "came and went within the epoch");
+        budget.committed_epoch.store(1, Ordering::SeqCst);
+        side.add(&state, b"kept", b"r", -1).unwrap();
+        let writes = side.take_dirty(&state, 2);
+        assert_eq!(writes.len(), 2, "the row and the degree deleted: {writes:?}");
+        assert!(side.slots.contains_key(b"kept".as_slice()), "RocksDB holds it until checkpoint 2 is durable");
+        for (k, _) in writes {
+            db.delete(k).unwrap();
+        }
+        budget.committed_epoch.store(2, Ordering::SeqCst);
+        assert!(side.take_dirty(&state, 3).is_empty());
+        assert!(!side.slots.contains_key(b"kept".as_slice()));
+        assert_eq!(side.degree(&state, b"kept").unwrap(), 0);
+        assert_eq!(side.bytes, 0, "memory accounted back");
     }
 }
