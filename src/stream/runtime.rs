@@ -147,6 +147,7 @@ impl StreamRuntime {
             generators: HashMap::new(),
             watermarks: HashMap::new(),
             watermark_status: watermarks.clone(),
+            backfilled_watermarks: Vec::new(),
             epoch_tx,
             db: store.db().clone(),
             writer: store.writer().clone(),
@@ -277,6 +278,11 @@ struct Coordinator {
     watermark_status: WatermarkStatuses,
     /// Generators of the generated sources whose ranges the log holds.
     generators: HashMap<u64, Arc<crate::connector::datagen::Generator>>,
+    /// Watermarks a new view's backfill reached (`created_seq`, table,
+    /// value): the table's watermark rises to them once the log is read up
+    /// to `created_seq`, not before, so that rows the other views have not
+    /// been sent yet are judged late as they would have been live.
+    backfilled_watermarks: Vec<(u64, u64, i64)>,
 }
 
 impl Coordinator {
@@ -358,23 +364,47 @@ impl Coordinator {
     async fn read_log(&mut self) -> StreamResult<()> {
         let target = *self.committed.borrow();
         let light = self.graphs.values().all(|g| g.light);
+        self.raise_backfilled_watermarks().await?;
         while self.read_seq < target {
             let cap = if light { self.light_cap } else { GENERATED_ROWS_PER_EPOCH };
             let generated = GENERATED_ROWS_PER_READ.min(cap.saturating_sub(self.epoch_changes)).max(1) as u64;
             let logged = MAX_CHANGES_PER_EPOCH.saturating_sub(self.epoch_logged).max(1) as u64;
-            let entries = self.read_entries(target, generated, logged)?;
+            // A read stops where a backfilled watermark takes effect.
+            let upto = self.backfilled_watermarks.iter().map(|w| w.0).filter(|s| *s > self.read_seq).min().map_or(target, |s| s.min(target));
+            let entries = self.read_entries(upto, generated, logged)?;
             let Some(&(last, _)) = entries.last() else {
-                self.read_seq = target;
-                break;
+                self.read_seq = upto;
+                self.raise_backfilled_watermarks().await?;
+                continue;
             };
             self.dispatch(&entries).await?;
             self.read_seq = last;
+            self.raise_backfilled_watermarks().await?;
             let over_budget = self.budget.over();
             if self.epoch_logged >= MAX_CHANGES_PER_EPOCH
                 || self.epoch_changes >= cap
                 || (self.epoch_changes >= MAX_CHANGES_PER_EPOCH && over_budget)
             {
                 self.checkpoint(Vec::new()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Raises tables' watermarks to what backfills reached once the log
+    /// is read up to the backfills' `created_seq`, and sends them to every
+    /// view reading the table.
+    async fn raise_backfilled_watermarks(&mut self) -> StreamResult<()> {
+        let read_seq = self.read_seq;
+        let due: Vec<(u64, u64, i64)> = self.backfilled_watermarks.iter().filter(|w| w.0 <= read_seq).copied().collect();
+        self.backfilled_watermarks.retain(|w| w.0 > read_seq);
+        for (_, table_id, value) in due {
+            let advanced = match self.watermarks.get_mut(&table_id) {
+                Some(w) => w.advance_to(value)?,
+                None => None,
+            };
+            if let Some(value) = advanced {
+                self.send_watermark(table_id, &value, None).await;
             }
         }
         Ok(())
@@ -906,6 +936,7 @@ impl Coordinator {
                 return Err(e);
             }
         }
+        let mut new_view_watermarks: Vec<(u64, i64)> = Vec::new();
         if create {
             let db = self.db.clone();
             let read_seq = self.read_seq;
@@ -916,20 +947,12 @@ impl Coordinator {
                 Ok(filled) => {
                     def.created_seq = filled.created_seq;
                     // The view has seen its generated sources' watermarks
-                    // reach these values (see `backfill`): the source's
-                    // watermark is at least that for every view.
+                    // reach these values (see `backfill`): the new view gets
+                    // them now, and the source's watermark rises to them for
+                    // every view once the log is read up to `created_seq`.
                     for (table_id, value) in filled.watermarks {
-                        let advanced = match self.watermarks.get_mut(&table_id).map(|w| w.advance_to(value)) {
-                            Some(Ok(advanced)) => advanced,
-                            Some(Err(e)) => {
-                                self.remove_graph_links(id, &upstream);
-                                return Err(e);
-                            }
-                            None => None,
-                        };
-                        if let Some(value) = advanced {
-                            self.send_watermark(table_id, &value, None).await;
-                        }
+                        self.backfilled_watermarks.push((filled.created_seq, table_id, value));
+                        new_view_watermarks.push((table_id, value));
                     }
                 }
                 Err(e) => {
@@ -939,12 +962,20 @@ impl Coordinator {
             }
         }
         self.graphs.insert(id, Graph { def: def.clone(), light, tables, table_inputs, upstream: upstream.clone(), subscribers });
-        // The new view starts from its tables' current watermarks.
+        // The new view starts from its tables' current watermarks, or
+        // those its backfill reached if higher.
         for t in &watermarked {
-            if let Some(value) = self.watermarks.get(&t.id()).and_then(|w| w.current.clone()) {
+            let Some(wm) = self.watermarks.get(&t.id()) else { continue };
+            let backfilled = new_view_watermarks.iter().filter(|(table, _)| *table == t.id()).map(|(_, v)| *v).max();
+            let value = match (backfilled, wm.current_i64()) {
+                (Some(b), current) if current.is_none_or(|c| b > c) => Some(wm.value_of(b)?),
+                _ => wm.current.clone(),
+            };
+            if let Some(value) = value {
                 self.send_watermark(t.id(), &value, Some(id)).await;
             }
         }
+        self.raise_backfilled_watermarks().await?;
         if create {
             let entry = serde_json::to_vec(&def).map_err(|e| StreamError::Corrupt(e.to_string()))?;
             let prefix = if def.sink.is_some() { keys::META_SINK_PREFIX } else { keys::META_MV_PREFIX };

@@ -270,6 +270,11 @@ impl SourceWatermark {
         Ok(Some(value))
     }
 
+    /// An integer in the column's unit as a watermark value.
+    pub fn value_of(&self, value: i64) -> StreamResult<ScalarValue> {
+        Ok(ScalarValue::Int64(Some(value)).cast_to(&self.expr.data_type)?)
+    }
+
     /// The current watermark as an integer in the column's unit.
     pub fn current_i64(&self) -> Option<i64> {
         match self.current.as_ref()?.cast_to(&DataType::Int64).ok()? {

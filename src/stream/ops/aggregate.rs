@@ -399,7 +399,9 @@ impl AggregateOp {
                 }
             }
             None => {
-                self.cache_new(group, Slot { state, dirty: true, epoch: 0, stored: false });
+                // Not cached: RocksDB may hold it (a closing window's evicted
+                // group), so its state, even none, must be written.
+                self.cache_new(group, Slot { state, dirty: true, epoch: 0, stored: true });
                 self.dirty.push(group.to_vec());
             }
         }

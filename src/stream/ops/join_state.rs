@@ -246,32 +246,44 @@ impl SideIndex {
         let old = entry.count;
         entry.count += delta;
         let new = entry.count;
-        let mut freed = 0;
-        if new == 0 && !entry.durable {
-            // Came and went since the last barrier: RocksDB never had it.
-            rows.remove(row);
-            freed = row.len() + ROW_OVERHEAD;
-        } else if !entry.dirty {
+        if !entry.dirty {
             entry.dirty = true;
             slot.changed.push(row.to_vec());
         }
         slot.degree += delta;
-        slot.bytes = (slot.bytes + added).saturating_sub(freed);
-        if slot.is_empty() && !slot.degree_durable && slot.changed.is_empty() {
-            // Nothing of the key to write: forget it now (an epoch can be
-            // long: a new view's backfill is one).
-            freed += slot.bytes;
-            self.slots.remove(key);
-            self.account(added, freed);
+        slot.bytes += added;
+        let emptied = slot.degree == 0;
+        self.account(added, 0);
+        if emptied && self.forgettable(key) {
+            // Nothing of the key to write and nothing of it in RocksDB:
+            // forget it now, not at the barrier (an epoch can be long: a
+            // new view's backfill is one).
+            if let Some(slot) = self.slots.remove(key) {
+                self.account(0, slot.bytes);
+            }
             return Ok((old, new));
         }
+        let Some(slot) = self.slots.get_mut(key) else { return Ok((old, new)) };
         if !slot.dirty {
             slot.dirty = true;
             self.dirty.push(key.to_vec());
             self.compact_dirty();
         }
-        self.account(added, freed);
         Ok((old, new))
+    }
+
+    /// Whether `key` has no rows and RocksDB holds nothing of it, as of
+    /// its last durable checkpoint and of every write on its way (so that
+    /// a read after forgetting it finds the truth there). Only small keys
+    /// are looked at: the check reads every row in memory.
+    fn forgettable(&self, key: &[u8]) -> bool {
+        let committed = self.budget.committed_epoch.load(std::sync::atomic::Ordering::Relaxed);
+        self.slots.get(key).is_some_and(|s| {
+            s.degree == 0
+                && !s.degree_durable
+                && s.epoch <= committed
+                && s.rows.as_ref().is_some_and(|rows| rows.len() <= 64 && rows.values().all(|r| r.count == 0 && !r.durable))
+        })
     }
 
     /// Keeps the list of dirty keys from growing with keys forgotten since
@@ -452,6 +464,7 @@ mod tests {
         let mut side = SideIndex::new(0, budget.clone());
         side.add(&state, b"brief", b"r", 1).unwrap();
         side.add(&state, b"brief", b"r", -1).unwrap();
+        assert!(!side.slots.contains_key(b"brief".as_slice()), "forgotten before the barrier");
         side.add(&state, b"kept", b"r", 1).unwrap();
         for (k, v) in side.take_dirty(&state, 1) {
             db.put(k, v.unwrap()).unwrap();
