@@ -364,7 +364,7 @@ impl Coordinator {
     async fn read_log(&mut self) -> StreamResult<()> {
         let target = *self.committed.borrow();
         let light = self.graphs.values().all(|g| g.light);
-        self.raise_backfilled_watermarks().await?;
+        self.raise_backfilled_watermarks().await;
         while self.read_seq < target {
             let cap = if light { self.light_cap } else { GENERATED_ROWS_PER_EPOCH };
             let generated = GENERATED_ROWS_PER_READ.min(cap.saturating_sub(self.epoch_changes)).max(1) as u64;
@@ -374,12 +374,12 @@ impl Coordinator {
             let entries = self.read_entries(upto, generated, logged)?;
             let Some(&(last, _)) = entries.last() else {
                 self.read_seq = upto;
-                self.raise_backfilled_watermarks().await?;
+                self.raise_backfilled_watermarks().await;
                 continue;
             };
             self.dispatch(&entries).await?;
             self.read_seq = last;
-            self.raise_backfilled_watermarks().await?;
+            self.raise_backfilled_watermarks().await;
             let over_budget = self.budget.over();
             if self.epoch_logged >= MAX_CHANGES_PER_EPOCH
                 || self.epoch_changes >= cap
@@ -394,20 +394,27 @@ impl Coordinator {
     /// Raises tables' watermarks to what backfills reached once the log
     /// is read up to the backfills' `created_seq`, and sends them to every
     /// view reading the table.
-    async fn raise_backfilled_watermarks(&mut self) -> StreamResult<()> {
+    ///
+    /// Not persisted: after a crash before the log reaches `created_seq`
+    /// the older views follow the source's own watermark, which for a
+    /// generated source (rows in order) is the same or close behind.
+    async fn raise_backfilled_watermarks(&mut self) {
         let read_seq = self.read_seq;
         let due: Vec<(u64, u64, i64)> = self.backfilled_watermarks.iter().filter(|w| w.0 <= read_seq).copied().collect();
         self.backfilled_watermarks.retain(|w| w.0 > read_seq);
         for (_, table_id, value) in due {
-            let advanced = match self.watermarks.get_mut(&table_id) {
-                Some(w) => w.advance_to(value)?,
+            let advanced = match self.watermarks.get_mut(&table_id).map(|w| w.advance_to(value)) {
+                Some(Ok(advanced)) => advanced,
+                Some(Err(e)) => {
+                    tracing::warn!(table_id, "raising a watermark to what a backfill reached: {e}");
+                    None
+                }
                 None => None,
             };
             if let Some(value) = advanced {
                 self.send_watermark(table_id, &value, None).await;
             }
         }
-        Ok(())
     }
 
     /// Reads log entries after `read_seq` up to `target`: at most
@@ -968,14 +975,14 @@ impl Coordinator {
             let Some(wm) = self.watermarks.get(&t.id()) else { continue };
             let backfilled = new_view_watermarks.iter().filter(|(table, _)| *table == t.id()).map(|(_, v)| *v).max();
             let value = match (backfilled, wm.current_i64()) {
-                (Some(b), current) if current.is_none_or(|c| b > c) => Some(wm.value_of(b)?),
+                (Some(b), current) if current.is_none_or(|c| b > c) => wm.value_of(b).ok().or_else(|| wm.current.clone()),
                 _ => wm.current.clone(),
             };
             if let Some(value) = value {
                 self.send_watermark(t.id(), &value, Some(id)).await;
             }
         }
-        self.raise_backfilled_watermarks().await?;
+        self.raise_backfilled_watermarks().await;
         if create {
             let entry = serde_json::to_vec(&def).map_err(|e| StreamError::Corrupt(e.to_string()))?;
             let prefix = if def.sink.is_some() { keys::META_SINK_PREFIX } else { keys::META_MV_PREFIX };

@@ -246,14 +246,26 @@ impl SideIndex {
         let old = entry.count;
         entry.count += delta;
         let new = entry.count;
-        if !entry.dirty {
+        let mut freed = 0;
+        if new == 0 && !entry.durable {
+            // Came and went since the last barrier: nothing to write for
+            // it (`take_dirty` skips rows no longer in the map).
+            rows.remove(row);
+            freed = row.len() + ROW_OVERHEAD;
+        } else if !entry.dirty {
             entry.dirty = true;
             slot.changed.push(row.to_vec());
+            if slot.changed.len() >= 1024 && slot.changed.len() > 2 * rows.len() {
+                // Rows listed, gone and listed again within a long epoch.
+                slot.changed.retain(|r| rows.get(r).is_some_and(|e| e.dirty));
+                slot.changed.sort_unstable();
+                slot.changed.dedup();
+            }
         }
         slot.degree += delta;
-        slot.bytes += added;
+        slot.bytes = (slot.bytes + added).saturating_sub(freed);
         let emptied = slot.degree == 0;
-        self.account(added, 0);
+        self.account(added, freed);
         if emptied && self.forgettable(key) {
             // Nothing of the key to write and nothing of it in RocksDB:
             // forget it now, not at the barrier (an epoch can be long: a
