@@ -65,6 +65,14 @@ pub(super) fn project(batch: &RecordBatch, projection: Option<&[usize]>) -> Stre
     }
 }
 
+/// Where column `col` of a table is among an input's `projection` columns.
+pub(super) fn projected_col(projection: Option<&[usize]>, col: usize) -> Option<usize> {
+    match projection {
+        Some(p) => p.iter().position(|&c| c == col),
+        None => Some(col),
+    }
+}
+
 /// Fills a new view's inputs from one snapshot (runs on a blocking
 /// thread).
 pub(super) fn backfill(db: &DB, read_seq: u64, inputs: Vec<Backfill>) -> StreamResult<Filled> {
@@ -107,11 +115,7 @@ pub(super) fn backfill(db: &DB, read_seq: u64, inputs: Vec<Backfill>) -> StreamR
                     send_blocking(tx, project(&batch, projection.as_deref())?, None)?;
                 }
                 if let (Some(value), Some(col)) = (&advanced, col) {
-                    let position = match projection {
-                        Some(p) => p.iter().position(|&c| c == col),
-                        None => Some(col),
-                    };
-                    if let Some(col) = position {
+                    if let Some(col) = projected_col(projection.as_deref(), col) {
                         tx.blocking_send(Message::Watermark(Watermark { col, value: value.clone() }))
                             .map_err(|_| StreamError::Stopped)?;
                     }

@@ -35,7 +35,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use super::ops::{self, OpContext, Out, SourceInput, materialize::MaterializeOp};
-use super::backfill::{Backfill, backfill, project};
+use super::backfill::{Backfill, backfill, project, projected_col};
 use super::view_rows::ViewRows;
 use super::state::CacheBudget;
 use super::watermark::{SourceWatermark, WATERMARK_PREFIX, WatermarkStatus, WatermarkStatuses};
@@ -364,7 +364,6 @@ impl Coordinator {
     async fn read_log(&mut self) -> StreamResult<()> {
         let target = *self.committed.borrow();
         let light = self.graphs.values().all(|g| g.light);
-        self.raise_backfilled_watermarks().await;
         while self.read_seq < target {
             let cap = if light { self.light_cap } else { GENERATED_ROWS_PER_EPOCH };
             let generated = GENERATED_ROWS_PER_READ.min(cap.saturating_sub(self.epoch_changes)).max(1) as u64;
@@ -650,11 +649,7 @@ impl Coordinator {
                 continue;
             }
             for input in g.table_inputs.iter().filter(|t| t.table.id() == table_id) {
-                let position = match &input.projection {
-                    Some(p) => p.iter().position(|&c| c == col),
-                    None => Some(col),
-                };
-                if let Some(col) = position {
+                if let Some(col) = projected_col(input.projection.as_deref(), col) {
                     let _ = input.tx.send(Message::Watermark(Watermark { col, value: value.clone() })).await;
                 }
             }
@@ -957,10 +952,8 @@ impl Coordinator {
                     // reach these values (see `backfill`): the new view gets
                     // them now, and the source's watermark rises to them for
                     // every view once the log is read up to `created_seq`.
-                    for (table_id, value) in filled.watermarks {
-                        self.backfilled_watermarks.push((filled.created_seq, table_id, value));
-                        new_view_watermarks.push((table_id, value));
-                    }
+                    self.backfilled_watermarks.extend(filled.watermarks.iter().map(|(t, v)| (filled.created_seq, *t, *v)));
+                    new_view_watermarks = filled.watermarks;
                 }
                 Err(e) => {
                     self.remove_graph_links(id, &upstream);
@@ -973,7 +966,7 @@ impl Coordinator {
         // those its backfill reached if higher.
         for t in &watermarked {
             let Some(wm) = self.watermarks.get(&t.id()) else { continue };
-            let backfilled = new_view_watermarks.iter().filter(|(table, _)| *table == t.id()).map(|(_, v)| *v).max();
+            let backfilled = new_view_watermarks.iter().find(|(table, _)| *table == t.id()).map(|(_, v)| *v);
             let value = match (backfilled, wm.current_i64()) {
                 (Some(b), current) if current.is_none_or(|c| b > c) => wm.value_of(b).ok().or_else(|| wm.current.clone()),
                 _ => wm.current.clone(),

@@ -25,6 +25,20 @@ use super::{StateWrite, StreamResult};
 use crate::state::StateError;
 use crate::state::keys::prefix_end;
 
+/// Drops from a list of keys changed since the last barrier the ones no
+/// longer changed (forgotten since: written and gone within the epoch) and
+/// the repeats, once it has at least `min` keys and more than twice `live`
+/// (the keys still held). An epoch can be long (a new view's backfill is
+/// one), and such lists would otherwise grow with every key it saw.
+pub fn compact_key_list(list: &mut Vec<Vec<u8>>, min: usize, live: usize, changed: impl Fn(&[u8]) -> bool) {
+    if list.len() < min || list.len() <= 2 * live {
+        return;
+    }
+    list.retain(|k| changed(k));
+    list.sort_unstable();
+    list.dedup();
+}
+
 /// Shared by every state table: the memory budget and the last durable
 /// epoch.
 #[derive(Debug)]
@@ -251,12 +265,8 @@ impl StateTable {
     /// mostly theirs: an epoch can be long (a new view's backfill is one).
     fn mark_dirty(&mut self, key: Vec<u8>) {
         self.dirty.push(key);
-        if self.dirty.len() >= 65_536 && self.dirty.len() > 2 * self.cache.len() {
-            let cache = &self.cache;
-            self.dirty.retain(|k| cache.get(k).is_some_and(|e| e.dirty));
-            self.dirty.sort_unstable();
-            self.dirty.dedup();
-        }
+        let cache = &self.cache;
+        compact_key_list(&mut self.dirty, 65_536, cache.len(), |k| cache.get(k).is_some_and(|e| e.dirty));
     }
 
     pub fn delete(&mut self, key: Vec<u8>) {

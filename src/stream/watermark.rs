@@ -264,7 +264,7 @@ impl SourceWatermark {
         if self.current_i64().is_some_and(|w| w >= value) {
             return Ok(None);
         }
-        let value = ScalarValue::Int64(Some(value)).cast_to(&self.expr.data_type)?;
+        let value = self.value_of(value)?;
         self.current = Some(value.clone());
         self.dirty = true;
         Ok(Some(value))

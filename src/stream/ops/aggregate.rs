@@ -57,7 +57,7 @@ use datafusion::common::ScalarValue;
 use super::Operator;
 use crate::plan::{AggKind, AggSpec, PhysExpr, WindowAgg};
 use crate::stream::rows::{RowCodec, decode_count, encode_count, push_len_prefixed};
-use crate::stream::state::StateTable;
+use crate::stream::state::{StateTable, compact_key_list};
 use crate::stream::{Changes, StateWrite, StreamError, StreamResult, Watermark};
 
 const GROUP_TAG: u8 = 0;
@@ -379,14 +379,9 @@ impl AggregateOp {
         if let Some(w) = &mut self.window {
             w.cached.remove(group);
         }
-        // The list of dirty groups names it until the barrier: keep the
-        // list from growing with forgotten groups.
-        if self.dirty.len() >= 65_536 && self.dirty.len() > 2 * self.groups.len() {
-            let groups = &self.groups;
-            self.dirty.retain(|g| groups.get(g).is_some_and(|s| s.dirty));
-            self.dirty.sort_unstable();
-            self.dirty.dedup();
-        }
+        // The list of dirty groups names it until the barrier.
+        let groups = &self.groups;
+        compact_key_list(&mut self.dirty, 65_536, groups.len(), |g| groups.get(g).is_some_and(|s| s.dirty));
     }
 
     fn store(&mut self, group: &[u8], state: Option<GroupState>) {

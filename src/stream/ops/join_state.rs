@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::stream::rows::{decode_count, encode_count, push_len_prefixed};
-use crate::stream::state::{CacheBudget, EvictMemo, StateTable};
+use crate::stream::state::{CacheBudget, EvictMemo, StateTable, compact_key_list};
 use crate::stream::{StateWrite, StreamError, StreamResult};
 
 pub const ROWS_TAG: u8 = 0;
@@ -255,12 +255,8 @@ impl SideIndex {
         } else if !entry.dirty {
             entry.dirty = true;
             slot.changed.push(row.to_vec());
-            if slot.changed.len() >= 1024 && slot.changed.len() > 2 * rows.len() {
-                // Rows listed, gone and listed again within a long epoch.
-                slot.changed.retain(|r| rows.get(r).is_some_and(|e| e.dirty));
-                slot.changed.sort_unstable();
-                slot.changed.dedup();
-            }
+            // Rows listed, gone and listed again within a long epoch.
+            compact_key_list(&mut slot.changed, 1024, rows.len(), |r| rows.get(r).is_some_and(|e| e.dirty));
         }
         slot.degree += delta;
         slot.bytes = (slot.bytes + added).saturating_sub(freed);
@@ -279,7 +275,8 @@ impl SideIndex {
         if !slot.dirty {
             slot.dirty = true;
             self.dirty.push(key.to_vec());
-            self.compact_dirty();
+            let slots = &self.slots;
+            compact_key_list(&mut self.dirty, 65_536, slots.len(), |k| slots.get(k).is_some_and(|s| s.dirty));
         }
         Ok((old, new))
     }
@@ -296,19 +293,6 @@ impl SideIndex {
                 && s.epoch <= committed
                 && s.rows.as_ref().is_some_and(|rows| rows.len() <= 64 && rows.values().all(|r| r.count == 0 && !r.durable))
         })
-    }
-
-    /// Keeps the list of dirty keys from growing with keys forgotten since
-    /// they were added (and with the repeats of keys forgotten and made
-    /// again) during a long epoch.
-    fn compact_dirty(&mut self) {
-        if self.dirty.len() < 65_536 || self.dirty.len() < 2 * self.slots.len() {
-            return;
-        }
-        let slots = &self.slots;
-        self.dirty.retain(|k| slots.get(k).is_some_and(|s| s.dirty));
-        self.dirty.sort_unstable();
-        self.dirty.dedup();
     }
 
     /// Hands this epoch's changes to the checkpoint: each changed row's
